@@ -1,0 +1,3 @@
+from filterdns.cli import main
+
+raise SystemExit(main())
