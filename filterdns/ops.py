@@ -268,6 +268,11 @@ class Controller:
                     f"more than the allowed share {self.max_drain_share:g}")
         return problems, summary
 
+    def check_drain(self, region: str, service: str | None) -> list[str]:
+        """What the safety rule would object to in draining (region, service) now (no side effects)."""
+        self._check_target(region, service)
+        return self._safety(self.inventory.status, region, service)[0]
+
     def _audit(self, **entry: Any) -> None:
         now = self.clock()
         line = {"time": now, "iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
