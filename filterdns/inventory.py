@@ -37,7 +37,7 @@ class Service:
     name: str
     v4: tuple[str, ...] = ()
     v6: tuple[str, ...] = ()
-    meta: Mapping[str, Any] = EMPTY  # answer-level metadata from config
+    meta: Mapping[str, Any] = field(default_factory=lambda: EMPTY)  # answer-level, from config
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +51,8 @@ class Region:
     continent: str | None = None
     lat: float | None = None
     lon: float | None = None
-    services: Mapping[str, Service] = EMPTY
-    meta: Mapping[str, Any] = EMPTY  # region-level metadata from config
+    services: Mapping[str, Service] = field(default_factory=lambda: EMPTY)
+    meta: Mapping[str, Any] = field(default_factory=lambda: EMPTY)  # region-level, from config
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +85,10 @@ class Status:
     """Immutable runtime snapshot. Do not build by hand outside tests; use ``Inventory``."""
 
     generation: int = 0
-    drains: Mapping[Key, Drain] = EMPTY
-    health: Mapping[tuple[str, str], bool] = EMPTY  # (region, service) -> healthy; absent: unknown
-    feeds: Mapping[Key, Mapping[str, Any]] = EMPTY
+    drains: Mapping[Key, Drain] = field(default_factory=lambda: EMPTY)
+    # (region, service) -> healthy; absent: unknown (counts as up)
+    health: Mapping[tuple[str, str], bool] = field(default_factory=lambda: EMPTY)
+    feeds: Mapping[Key, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)
 
     def drained(self, region: str, service: str) -> Drain | None:
         return self.drains.get((region, service)) or self.drains.get((region, None))
