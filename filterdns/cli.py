@@ -1,0 +1,131 @@
+"""Command line: serve | check | explain | status | drain | undrain | reload | feed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from filterdns import __version__
+
+DEFAULT_LISTEN = "127.0.0.1:8053"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zones", default=os.environ.get("FILTERDNS_ZONES", "zones"), metavar="DIR",
+                   help="directory of RFC 1035 zone files named <zone>.zone (default: %(default)s)")
+    p.add_argument("--chains", default=os.environ.get("FILTERDNS_CHAINS", "chains"), metavar="DIR",
+                   help="directory of regions, chains and dynamic records in YAML (default: %(default)s)")
+    p.add_argument("--geoip", default=os.environ.get("FILTERDNS_GEOIP"), metavar="PATH",
+                   help="GeoLite2/DB-IP Country or City .mmdb (default: the embedded DB-IP Lite country database)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="filterdns",
+        description="Authoritative DNS server that routes clients to edge regions with NS1-style filter chains.")
+    ap.add_argument("--version", action="version", version=f"filterdns {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the DNS server",
+                       description="Serve the zones and dynamic records over UDP and TCP.")
+    _add_config_args(s)
+    s.add_argument("--listen", action="append", metavar="ADDR:PORT",
+                   help=f"address to answer DNS on, UDP and TCP; repeatable; IPv6 as [::1]:8053 (default: {DEFAULT_LISTEN})")
+    s.add_argument("--metrics", default=os.environ.get("FILTERDNS_METRICS", "127.0.0.1:9153"), metavar="ADDR:PORT|off",
+                   help="Prometheus /metrics endpoint (default: %(default)s)")
+    s.add_argument("--control", default=os.environ.get("FILTERDNS_CONTROL", "127.0.0.1:9154"), metavar="ADDR:PORT|off",
+                   help="control API: /healthz, /readyz, /regions, drains, feeds, reload (default: %(default)s)")
+    s.add_argument("--control-token-file", default=os.environ.get("FILTERDNS_CONTROL_TOKEN_FILE"), metavar="PATH",
+                   help="file holding the bearer token that mutating control calls need "
+                        "(or set FILTERDNS_CONTROL_TOKEN); without one, mutating calls are refused")
+    s.add_argument("--state-dir", default=os.environ.get("FILTERDNS_STATE_DIR", "var"), metavar="DIR",
+                   help="where drains, feed values and the audit log are kept across restarts (default: %(default)s)")
+    s.add_argument("--max-drain-share", type=float, default=None, metavar="FRACTION",
+                   help="largest share of a service's regions the health automation may drain (default: all but the last)")
+    s.add_argument("--tcp-max-connections", type=int, default=256, metavar="N",
+                   help="concurrent TCP connections; more are closed at once (default: %(default)s)")
+    s.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a TCP connection idle this long (default: %(default)s)")
+    s.add_argument("--no-watch", action="store_true", help="do not reload when files under --zones/--chains change")
+    s.add_argument("--no-health", action="store_true", help="do not run the configured health checks")
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes sharing the listening ports (default: 1)")
+
+    c = sub.add_parser("check", help="validate zones and chains; print every problem",
+                       description="Validate the configuration with the same code start-up and reload use. "
+                                   "Exit 0 with a summary, or 1 listing every problem as file:line:col: reason.")
+    _add_config_args(c)
+
+    e = sub.add_parser("explain", help="show how a query is routed, filter by filter",
+                       description="Run one dynamic record's chain for a client and show each filter's "
+                                   "input and output, the answer and the ECS scope.")
+    _add_config_args(e)
+    e.add_argument("name", help="record name, e.g. wss-primary.example.com")
+    e.add_argument("qtype", nargs="?", default="A", choices=["A", "AAAA", "a", "aaaa"], help="A or AAAA (default: A)")
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--client", metavar="IP", help="the resolver's (or client's) address")
+    g.add_argument("--subnet", metavar="CIDR", help="an ECS client subnet, e.g. 81.2.69.0/24")
+
+    try:
+        from filterdns import opscli
+    except ImportError:
+        opscli = None
+    if opscli is not None:
+        opscli.add_subparsers(sub)
+    return ap
+
+
+def _serve(args) -> int:
+    from filterdns.server import ServeOptions, parse_hostport, run
+
+    try:
+        listen = [parse_hostport(x) for x in (args.listen or [DEFAULT_LISTEN])]
+        metrics = None if args.metrics == "off" else parse_hostport(args.metrics)
+        control = None if args.control == "off" else parse_hostport(args.control)
+    except ValueError as e:
+        print(f"filterdns serve: {e}", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print("filterdns serve: --workers must be >= 1", file=sys.stderr)
+        return 2
+    opts = ServeOptions(
+        listen=listen, zones=args.zones, chains=args.chains, geoip=args.geoip, metrics=metrics,
+        control=control, control_token_file=args.control_token_file, state_dir=args.state_dir,
+        max_drain_share=args.max_drain_share, tcp_max_connections=args.tcp_max_connections,
+        tcp_idle_timeout=args.tcp_idle_timeout, watch=not args.no_watch, health=not args.no_health)
+    return run(opts)
+
+
+def _check(args) -> int:
+    from filterdns.explain import check_main
+    return check_main(args)
+
+
+def _explain(args) -> int:
+    from filterdns.explain import explain_main
+    args.qtype = args.qtype.upper()
+    return explain_main(args)
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command is None:
+        ap.print_help()
+        return 2
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "explain":
+        return _explain(args)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""DNS transports: UDP and TCP listeners on asyncio (uvloop when installed)."""
