@@ -1,0 +1,127 @@
+"""Shared fixtures: a Responder over the test zones (no sockets), and a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import MappingProxyType
+
+import dns.message
+import dns.query
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t.bind(("127.0.0.1", 0))
+        port = t.getsockname()[1]
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+        return port
+    raise RuntimeError("no free port")
+
+
+def static_state(zones_dir=FIXTURES / "zones", generation=1):
+    from filterdns.state import State
+    from filterdns.zones import load_zones
+
+    store, files = load_zones(zones_dir)
+    return State(generation, store, MappingProxyType({}), {}, {}, None, files=files)
+
+
+@pytest.fixture
+def responder():
+    from filterdns.inventory import Inventory
+    from filterdns.responder import Responder
+    from filterdns.state import StateHolder
+
+    return Responder(StateHolder(static_state()), Inventory())
+
+
+def ask(responder, q, src=("127.0.0.1", 5353), transport="udp", limit=0):
+    """Run a dnspython query through a Responder; returns (parsed response, raw bytes)."""
+    wire = q.to_wire() if not isinstance(q, bytes) else q
+    raw = responder.respond(wire, src, transport, limit)
+    if raw is None:
+        return None, None
+    return dns.message.from_wire(raw, ignore_trailing=False), raw
+
+
+class ServerProcess:
+    def __init__(self, port, proc, log_path, args):
+        self.port = port
+        self.proc = proc
+        self.log_path = log_path
+        self.args = args
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def query(self, name, rdtype="A", tcp=False, timeout=2.0, **kw):
+        q = dns.message.make_query(name, rdtype, **kw)
+        fn = dns.query.tcp if tcp else dns.query.udp
+        return fn(q, "127.0.0.1", port=self.port, timeout=timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_server(tmp_path, *extra, zones=None, chains=None, env=None, wait=True) -> ServerProcess:
+    """Start `python -m filterdns serve` on a free loopback port; wait until it answers."""
+    port = free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    args = [sys.executable, "-m", "filterdns", "serve", "--listen", f"127.0.0.1:{port}",
+            "--zones", str(zones or ROOT / "zones"), "--chains", str(chains or ROOT / "chains"),
+            "--state-dir", str(tmp_path / "state"), *extra]
+    if "--metrics" not in extra:
+        args += ["--metrics", "off"]
+    if "--control" not in extra:
+        args += ["--control", "off"]
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.update(env or {})
+    logf = open(log_path, "wb")
+    proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env=e, cwd=str(tmp_path))
+    sp = ServerProcess(port, proc, log_path, args)
+    if wait:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}:\n{sp.log()}")
+            try:
+                sp.query("example.com", "SOA", timeout=0.3)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.05)
+        else:
+            sp.stop()
+            raise RuntimeError(f"server did not answer:\n{sp.log()}")
+    return sp
+
+
+@pytest.fixture
+def server(tmp_path):
+    sp = start_server(tmp_path)
+    yield sp
+    sp.stop()
