@@ -151,6 +151,7 @@ class _Loader:
         self.latency_src: dict[str, Loc] = {}
         self.chain_src: dict[str, tuple[LocList, Loc]] = {}
         self.record_src: dict[str, tuple[str, LocDict, Loc]] = {}  # abs name -> (as written, body, loc)
+        self.service_names: set[str] = set()  # every service named, even in a region with problems
 
     def err(self, loc: Loc, msg: str) -> None:
         self.problems.append(loc.problem(msg))
@@ -261,7 +262,7 @@ class _Loader:
             v = body.get(key)
             if v is None:
                 if required:
-                    self.err(body.loc, f"{what}: {key} is required")
+                    self.err(nl, f"{what}: {key} is required")
                     ok = False
                 return None
             if not isinstance(v, str) or not v:
@@ -294,7 +295,7 @@ class _Loader:
                 self.err(body.value_loc(key), f"{what}, {key}: must be a number in -{lim}..{lim}, got {v!r}")
                 ok = False
         if (lat is None) != (lon is None):
-            self.err(body.loc, f"{what}: give both lat and lon, or neither (the country centroid)")
+            self.err(body.key_loc("lat" if lat is not None else "lon"), f"{what}: give both lat and lon, or neither (the country centroid)")
             ok = False
         if lat is None and country in COUNTRIES:
             lat, lon = COUNTRIES[country].lat, COUNTRIES[country].lon
@@ -302,7 +303,7 @@ class _Loader:
         services: dict[str, Service] = {}
         sv = body.get("services")
         if sv is None:
-            self.err(body.loc, f"{what}: services is required (service name -> v4/v6 endpoints)")
+            self.err(nl, f"{what}: services is required (service name -> v4/v6 endpoints)")
             ok = False
         elif not isinstance(sv, LocDict):
             self.err(body.value_loc("services"), f"{what}, services: must be a mapping")
@@ -326,6 +327,7 @@ class _Loader:
         if not isinstance(body, LocDict):
             self.err(vl, f"{what}: must be a mapping with v4 and/or v6")
             return None
+        self.service_names.add(name)
         self._unknown_keys(body, SERVICE_KEYS, what)
         fams: dict[str, tuple[str, ...]] = {}
         for key, version in (("v4", 4), ("v6", 6)):
@@ -532,16 +534,15 @@ class _Loader:
             ok = False
         service = body.get("service")
         if service is None:
-            self.err(body.loc, f"{what}: service is required")
+            self.err(nl, f"{what}: service is required")
             ok = False
         elif not isinstance(service, str):
             self.err(body.value_loc("service"), f"{what}, service: must be a service name, got {service!r}")
             ok = False
         else:
-            all_services = {s for r in self.regions.values() for s in r.services}
-            if service not in all_services:
+            if service not in self.service_names:
                 self.err(body.value_loc("service"), f"{what}, service: no region has service "
-                                                    f"{service!r}{did_you_mean(service, all_services)}")
+                                                    f"{service!r}{did_you_mean(service, self.service_names)}")
                 ok = False
         types_raw = body.get("types", ["A", "AAAA"])
         tl = body.value_loc("types")
@@ -574,7 +575,7 @@ class _Loader:
         steps: tuple[Step, ...] | None = None
         chain_name = ""
         if chain is None:
-            self.err(body.loc, f"{what}: chain is required (a chain name or a list of filters)")
+            self.err(nl, f"{what}: chain is required (a chain name or a list of filters)")
             ok = False
         elif isinstance(chain, str):
             chain_name = chain
