@@ -335,6 +335,7 @@ class HealthChecker:
         self.jitter = jitter
         self.checks = [_CheckState(s) for s in specs]
         self._tasks: list[asyncio.Task] = []
+        self._pending: asyncio.Task | None = None
 
     def start(self) -> None:
         if self._tasks:
@@ -354,11 +355,18 @@ class HealthChecker:
         running = bool(self._tasks)
         await self.stop()
         old = {(c.spec.region, c.spec.service) for c in self.checks}
-        self.checks = [_CheckState(s) for s in specs]
+        kept = {c.spec: c for c in self.checks}  # unchanged checks keep their counters and verdict
+        self.checks = [kept.get(s) or _CheckState(s) for s in specs]
         for region, service in old - {(c.spec.region, c.spec.service) for c in self.checks}:
             self.inventory.set_health(region, service, None)
         if running:
             self.start()
+
+    def on_state_swap(self, old: Any, new: Any) -> None:
+        """``StateHolder.subscribe`` listener: apply ``new.health`` when it differs (needs a loop)."""
+        if tuple(getattr(old, "health", ())) != tuple(getattr(new, "health", ())):
+            task = asyncio.get_running_loop().create_task(self.replace(list(getattr(new, "health", ()))))
+            self._pending = task  # keep a reference until it is done
 
     def _address(self, spec: CheckSpec) -> str | None:
         if spec.address:

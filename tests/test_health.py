@@ -221,3 +221,26 @@ def test_missing_address_counts_as_failure():
         assert inv.status.health[("fra", "wss")] is False
         assert "no address" in hc.describe()[0]["detail"]
     asyncio.run(main())
+
+
+def test_replace_keeps_unchanged_checks_and_follows_state_swaps():
+    async def main():
+        inv = Inventory()
+
+        async def fake(spec, address):
+            return spec.port != 2, "fake"
+
+        a = CheckSpec("fra", "wss", "tcp", "127.0.0.1", 1, rise=1, fall=1)
+        b = CheckSpec("ams", "wss", "tcp", "127.0.0.1", 2, rise=1, fall=1)
+        hc = HealthChecker([a], inv, probe_fn=fake, jitter=False)
+        await hc.run_once(hc.checks[0])
+        kept = hc.checks[0]
+        hc.on_state_swap(SimpleNamespace(health=(a,)), SimpleNamespace(health=(a, b)))
+        await hc._pending
+        assert hc.checks[0] is kept and kept.verdict is True and len(hc.checks) == 2
+        await hc.run_once(hc.checks[1])
+        assert inv.status.health[("ams", "wss")] is False
+        hc.on_state_swap(SimpleNamespace(health=(a, b)), SimpleNamespace(health=(a,)))
+        await hc._pending
+        assert ("ams", "wss") not in inv.status.health and inv.status.health[("fra", "wss")] is True
+    asyncio.run(main())
