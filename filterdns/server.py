@@ -75,9 +75,10 @@ class Server:
     def __init__(self, opts: ServeOptions, metrics=None):
         self.opts = opts
         if metrics is None:
-            from filterdns.metrics import Metrics
-            metrics = Metrics()
+            from filterdns.metrics import metrics  # the process-wide instance /metrics renders
         self.metrics = metrics
+        self.render_metrics = None  # None: render self.metrics; workers' parent merges instead
+        self.controller = None
         self.holder: StateHolder | None = None
         self.inventory = Inventory()
         self.responder: Responder | None = None
@@ -101,6 +102,13 @@ class Server:
         return state
 
     async def reload(self, cause: str = "api") -> tuple[bool, list[str]]:
+        """Reload from any trigger (SIGHUP, files changed, control API, CLI): through the
+        Controller, which serialises reloads, counts them and writes the audit log."""
+        if self.controller is not None:
+            return await self.controller.reload(actor=cause)
+        return await self.reload_state(cause)
+
+    async def reload_state(self, cause: str = "api") -> tuple[bool, list[str]]:
         """Build the new State aside (same code as `filterdns check`), then swap it in.
         On any error keep the old one; return (ok, reasons)."""
         async with self._reload_lock:
@@ -116,16 +124,13 @@ class Server:
                 reasons = [str(p) for p in e.problems]
                 log.error("reload (%s) rejected; still serving generation %d:\n  %s",
                           cause, old.generation, "\n  ".join(reasons))
-                self.metrics.reload_result(False, old.generation, time.time())
                 self._files_sig = self._signature()
                 return False, reasons
             except Exception as e:  # noqa: BLE001 - never lose the old config
                 log.exception("reload (%s) failed; still serving generation %d", cause, old.generation)
-                self.metrics.reload_result(False, old.generation, time.time())
                 return False, [f"internal error: {e}"]
             self.holder.swap(new)
             self._files_sig = self._signature()
-            self.metrics.reload_result(True, new.generation, new.loaded_at)
             log.info("reload (%s): generation %d in service (%s) in %.0f ms", cause,
                      new.generation, new.summary, (time.perf_counter() - t0) * 1000)
             return True, []
@@ -200,9 +205,15 @@ class Server:
         self.listeners_open = True
 
     # ----------------------------------------------------------------- run
+    def add_aux(self, name: str, stop) -> None:
+        """Register a piece to stop (in reverse order) when the server stops."""
+        self._aux.append((name, stop))
+
     async def start(self):
         if self.holder is None:
             self.load_initial()
+        from filterdns import wiring
+        self.controller = wiring.build_controller(self)  # drains are restored before serving
         await self.open_listeners()
         await self._start_aux()
         if self.opts.watch:
@@ -276,10 +287,11 @@ def run(opts: ServeOptions) -> int:
                 log.error("%s", p)
             log.error("configuration rejected (%d problem(s)); not starting", len(e.problems))
             return 1
+        from filterdns.wiring import WiringError
         try:
             await server.start()
-        except OSError as e:
-            log.error("cannot listen: %s", e)
+        except (OSError, WiringError) as e:
+            log.error("cannot start: %s", e)
             await server.stop()
             return 1
         log.info("event loop: %s; pid %d", loop_name, os.getpid())
