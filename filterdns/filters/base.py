@@ -67,6 +67,7 @@ class Option:
     def coerce(self, value: Any) -> tuple[Any, str | None]:
         """Return (value, None) when valid, else (None, reason)."""
         t = self.type
+        original = value
         if t == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 return None, f"{self.name} must be an integer{self._range()}, got {value!r}"
@@ -98,7 +99,7 @@ class Option:
             return value, None
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
             kind = "an integer" if t == "int" else "a number"
-            return None, f"{self.name} must be {kind}{self._range()}, got {value!r}"
+            return None, f"{self.name} must be {kind}{self._range()}, got {original!r}"
         return value, None
 
     def _range(self) -> str:

@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+from ._fence import fence
 from .base import Answer, Context, Filter, Option
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from ._fence import fence
 from .base import Answer, Context, Filter, Option, as_networks
 
 
