@@ -78,6 +78,9 @@ def explain(state: Any, name: str, qtype: str | int, client: Client, status: Sta
     """The text of ``filterdns explain`` (pure; raises KeyError for a name with no chain)."""
     key = _absname(name)
     rec = state.records.get(key)
+    if rec is None:  # a unique record whose name starts with the given labels ("wss-primary")
+        matches = [r for k, r in state.records.items() if k.startswith(key)]
+        rec = matches[0] if len(matches) == 1 else None
     if rec is None:
         known = ", ".join(sorted(state.records)) or "none"
         raise KeyError(f"{key} is not a dynamic record (known: {known})")

@@ -18,7 +18,8 @@ is ``chains/latency.yaml``)::
 
 Options:
 
-* ``table`` (string, default ``default``): which table
+* ``table`` (string, default ``default``): which table; naming a table that does not exist is
+  an error, except ``default``, which may be absent (distance estimates only)
 * ``ms_per_km`` (number >= 0, default 0.015): estimate slope (fibre RTT ~0.01 ms/km, plus routing)
 * ``base_ms`` (number >= 0, default 5): estimate intercept
 
@@ -52,7 +53,7 @@ class Latency(Filter):
     @classmethod
     def check(cls, options, build: BuildContext):
         t = options["table"]
-        if t not in build.latency_tables:
+        if t not in build.latency_tables and t != "default":
             known = ", ".join(sorted(build.latency_tables)) or "none defined"
             return [("table", f"unknown latency table {t!r} (known: {known})")]
         return []
