@@ -330,7 +330,7 @@ def test_docstring_is_the_manual(tmp_path, name):
     mod = importlib.import_module(f"filterdns.filters.{name}")
     doc = mod.__doc__
     assert doc.startswith(f"``{name}``")
-    assert "Options" in doc and "Metadata read" in doc
+    assert "Options" in doc and "Metadata read" in doc and "Metrics" in doc
     for opt in REGISTRY[name].OPTIONS:
         assert f"``{opt.name}``" in doc, f"option {opt.name} undocumented"
     # the YAML example loads against the bundled regions and latency table

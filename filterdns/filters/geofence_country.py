@@ -14,6 +14,9 @@ Metadata read: ``country`` (code or list of codes).
 
 Reads the client: yes.
 
+Metrics: ``filterdns_filter_removed_total{filter="geofence_country"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); no metric of its own.
+
 Example::
 
     chains:

@@ -16,6 +16,9 @@ Metadata read: ``georegion``.
 
 Reads the client: yes.
 
+Metrics: ``filterdns_filter_removed_total{filter="geofence_regional"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); no metric of its own.
+
 Example::
 
     chains:

@@ -15,6 +15,9 @@ Metadata read: none (the region's configured ``country``, ``subdivision``, ``lat
 
 Reads the client: yes (ECS scope = the geo database's matched prefix).
 
+Metrics: ``filterdns_filter_removed_total{filter="geotarget_country"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); it never removes, so it stays 0.
+
 Example::
 
     chains:

@@ -11,6 +11,9 @@ Metadata read: none (the region's configured coordinates).
 
 Reads the client: yes.
 
+Metrics: ``filterdns_filter_removed_total{filter="geotarget_latlong"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); it never removes, so it stays 0.
+
 Example::
 
     chains:

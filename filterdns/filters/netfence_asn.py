@@ -14,6 +14,9 @@ Metadata read: ``asn``.
 
 Reads the client: yes (ECS scope = the database's matched prefix).
 
+Metrics: ``filterdns_filter_removed_total{filter="netfence_asn"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); no metric of its own.
+
 Example::
 
     chains:

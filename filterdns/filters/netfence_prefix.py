@@ -13,6 +13,9 @@ Metadata read: ``ip_prefixes``.
 
 Reads the client: yes, its own prefix (the ECS scope is raised to the source prefix).
 
+Metrics: ``filterdns_filter_removed_total{filter="netfence_prefix"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); no metric of its own.
+
 Example::
 
     chains:

@@ -11,6 +11,9 @@ Options:
 
 Metadata read: ``priority`` (number).
 
+Metrics: ``filterdns_filter_removed_total{filter="priority"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); no metric of its own.
+
 Example::
 
     chains:

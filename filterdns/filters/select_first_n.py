@@ -6,6 +6,9 @@ Options:
 
 Metadata read: none.
 
+Metrics: ``filterdns_filter_removed_total{filter="select_first_n"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); no metric of its own.
+
 Example::
 
     chains:

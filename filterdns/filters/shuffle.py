@@ -2,6 +2,9 @@
 
 Options: none. Metadata read: none.
 
+Metrics: ``filterdns_filter_removed_total{filter="shuffle"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); it never removes, so it stays 0.
+
 Example::
 
     chains:

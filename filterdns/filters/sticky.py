@@ -18,6 +18,9 @@ Metadata read: ``weight`` (only when ``weighted``).
 
 Reads the client: yes, its own prefix: the ECS scope is raised to min(source prefix, mask).
 
+Metrics: ``filterdns_filter_removed_total{filter="sticky"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); it never removes, so it stays 0.
+
 Example::
 
     chains:

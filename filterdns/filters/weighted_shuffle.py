@@ -11,6 +11,9 @@ Options:
 
 Metadata read: ``weight`` (number >= 0).
 
+Metrics: ``filterdns_filter_removed_total{filter="weighted_shuffle"}`` counts answers it removes
+(counted by the core from ``Resolution.removed``); it never removes, so it stays 0.
+
 Example::
 
     chains:
