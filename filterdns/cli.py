@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-watch", action="store_true", help="do not reload when files under --zones/--chains change")
     s.add_argument("--no-health", action="store_true", help="do not run the configured health checks")
     s.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes sharing the listening ports (default: 1)")
+                   help="worker processes sharing the DNS ports with SO_REUSEPORT, under one supervisor "
+                        "that owns the control API, metrics and health checks "
+                        f"(default: the number of CPUs, {os.cpu_count() or 1})")
 
     c = sub.add_parser("check", help="validate zones and chains; print every problem",
                        description="Validate the configuration with the same code start-up and reload use. "
@@ -95,7 +97,8 @@ def _serve(args) -> int:
         listen=listen, zones=args.zones, chains=args.chains, geoip=args.geoip, metrics=metrics,
         control=control, control_token_file=args.control_token_file, state_dir=args.state_dir,
         max_drain_share=args.max_drain_share, tcp_max_connections=args.tcp_max_connections,
-        tcp_idle_timeout=args.tcp_idle_timeout, watch=not args.no_watch, health=not args.no_health)
+        tcp_idle_timeout=args.tcp_idle_timeout, watch=not args.no_watch, health=not args.no_health,
+        workers=args.workers if args.workers is not None else (os.cpu_count() or 1))
     return run(opts)
 
 

@@ -115,6 +115,28 @@ class Status:
         }
 
 
+def dump_status(status: Status) -> dict:
+    """The whole snapshot (drains, feeds, health, generation) as JSON, for worker processes."""
+    d = status.to_json()
+    d["generation"] = status.generation
+    d["health"] = [[r, s, ok] for (r, s), ok in status.health.items()]
+    return d
+
+
+def load_status(data: Mapping[str, Any]) -> Status:
+    """Inverse of ``dump_status``."""
+    drains = {}
+    for d in data.get("drains", ()):
+        dr = Drain(d["region"], d.get("service"), d.get("reason", ""), d.get("actor", ""),
+                   d.get("cause", "operator"), float(d.get("since", 0)))
+        drains[(dr.region, dr.service)] = dr
+    feeds = {(f["region"], f.get("service")): MappingProxyType(dict(f["values"]))
+             for f in data.get("feeds", ())}
+    health = {(r, s): bool(ok) for r, s, ok in data.get("health", ())}
+    return Status(int(data.get("generation", 0)), MappingProxyType(drains), MappingProxyType(health),
+                  MappingProxyType(feeds))
+
+
 class Inventory:
     """Holder of the current ``Status``; every mutation swaps in a new snapshot.
 
@@ -140,6 +162,12 @@ class Inventory:
         for fn in list(self._listeners):
             fn(new, event)
         return new
+
+    def replace(self, status: Status) -> None:
+        """Adopt a whole snapshot made elsewhere (a worker following its supervisor)."""
+        self._status = status
+        for fn in list(self._listeners):
+            fn(status, {"action": "replace", "generation": status.generation})
 
     # -- drains ---------------------------------------------------------------------------
     def drain(

@@ -69,6 +69,7 @@ class ServeOptions:
     watch_interval: float = 1.0
     reuse_port: bool = False
     health: bool = True
+    workers: int = 1
 
 
 class Server:
@@ -85,7 +86,8 @@ class Server:
         self.transports: list = []
         self.servers: list = []
         self.tcp_state: TcpServerState | None = None
-        self.listeners_open = False
+        self._listeners_open = False
+        self.supervisor = None  # workers.Supervisor when serving with --workers N > 1
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._watch_task = None
@@ -108,18 +110,25 @@ class Server:
             return await self.controller.reload(actor=cause)
         return await self.reload_state(cause)
 
-    async def reload_state(self, cause: str = "api") -> tuple[bool, list[str]]:
+    @property
+    def listeners_open(self) -> bool:
+        if self.supervisor is not None:
+            return self.supervisor.all_ready
+        return self._listeners_open
+
+    async def reload_state(self, cause: str = "api", generation: int | None = None) -> tuple[bool, list[str]]:
         """Build the new State aside (same code as `filterdns check`), then swap it in.
-        On any error keep the old one; return (ok, reasons)."""
+        On any error keep the old one; return (ok, reasons). With workers, the supervisor
+        validates first and only a config it accepted is sent to the workers."""
         async with self._reload_lock:
             o = self.opts
             old = self.holder.state
+            gen = old.generation + 1 if generation is None else generation
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
             try:
                 new = await loop.run_in_executor(
-                    None, lambda: build_state(o.zones, o.chains, geo=old.geo,
-                                              generation=old.generation + 1))
+                    None, lambda: build_state(o.zones, o.chains, geo=old.geo, generation=gen))
             except ConfigError as e:
                 reasons = [str(p) for p in e.problems]
                 log.error("reload (%s) rejected; still serving generation %d:\n  %s",
@@ -131,6 +140,12 @@ class Server:
                 return False, [f"internal error: {e}"]
             self.holder.swap(new)
             self._files_sig = self._signature()
+            if self.supervisor is not None:
+                ok, reasons = await self.supervisor.reload(new.generation)
+                if not ok:
+                    log.error("reload (%s): generation %d not taken by every worker:\n  %s",
+                              cause, new.generation, "\n  ".join(reasons))
+                    return False, reasons
             log.info("reload (%s): generation %d in service (%s) in %.0f ms", cause,
                      new.generation, new.summary, (time.perf_counter() - t0) * 1000)
             return True, []
@@ -202,7 +217,7 @@ class Server:
             shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
             log.info("listening on %s (udp, tcp)", shown)
             self.bound = getattr(self, "bound", []) + [(host, port)]
-        self.listeners_open = True
+        self._listeners_open = True
 
     # ----------------------------------------------------------------- run
     def add_aux(self, name: str, stop) -> None:
@@ -214,7 +229,22 @@ class Server:
             self.load_initial()
         from filterdns import wiring
         self.controller = wiring.build_controller(self)  # drains are restored before serving
-        await self.open_listeners()
+        if self.opts.workers > 1:
+            from filterdns.metrics import Metrics
+            from filterdns.workers import Supervisor
+            self.supervisor = Supervisor(self, self.opts.workers)
+            merged = Metrics()  # renders the sum of every worker's counters and ours
+            merged.bind(lambda: self.holder.state, self.inventory)
+            from filterdns.metrics import _Collector
+            from prometheus_client import CollectorRegistry, generate_latest
+            reg = CollectorRegistry()
+            reg.register(_Collector(merged, snapshot_fn=self.supervisor.merged_snapshot))
+            self.render_metrics = lambda: generate_latest(reg)
+            await self.supervisor.start()
+            log.info("%d workers serving on %s", self.opts.workers,
+                     ", ".join(f"{h}:{p}" for h, p in self.opts.listen))
+        else:
+            await self.open_listeners()
         await self._start_aux()
         if self.opts.watch:
             self._watch_task = asyncio.create_task(self._watch())
@@ -241,6 +271,8 @@ class Server:
         self._stop.set()
         if self._watch_task is not None:
             self._watch_task.cancel()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         for name, fn in reversed(self._aux):
             try:
                 await fn()
@@ -259,7 +291,7 @@ class Server:
                 await asyncio.wait_for(srv.wait_closed(), 2)
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001
                 pass
-        self.listeners_open = False
+        self._listeners_open = False
         log.info("stopped")
 
 

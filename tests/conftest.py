@@ -98,6 +98,8 @@ def start_server(tmp_path, *extra, zones=None, chains=None, env=None, wait=True)
         args += ["--metrics", "off"]
     if "--control" not in extra:
         args += ["--control", "off"]
+    if "--workers" not in extra:
+        args += ["--workers", "1"]  # the multi-process mode has its own tests (test_workers.py)
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
     e.update(env or {})
