@@ -40,7 +40,7 @@ from ..model import AAAA, A
 from . import yamlloc
 from .yamlloc import Loc, LocDict, LocList
 
-TOP_KEYS = ("default_region", "regions", "latency", "chains", "records")
+TOP_KEYS = ("default_region", "regions", "latency", "chains", "records", "health")
 REGION_KEYS = ("code", "country", "subdivision", "continent", "lat", "lon", "meta", "services")
 SERVICE_KEYS = ("v4", "v6", "meta")
 RECORD_KEYS = ("service", "types", "ttl", "ecs", "chain", "fallback", "meta")
@@ -131,6 +131,25 @@ class Chains:
     files: tuple[str, ...]
     chains: Mapping[str, tuple[Step, ...]] = field(default_factory=lambda: MappingProxyType({}))
     latency_tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    health: tuple = ()  # filterdns.health.CheckSpec, from the top-level ``health`` section
+
+
+_PATH_PART = re.compile(r"\.?([A-Za-z_][\w-]*)|\[(\d+)\]")
+
+
+def _loc_for_path(node: Any, path: str, default: Loc) -> Loc:
+    """Where ``health.checks[2].port`` is in the YAML (the closest enclosing item found)."""
+    loc = default
+    parts = [m.group(1) if m.group(1) is not None else int(m.group(2))
+             for m in _PATH_PART.finditer(path)][1:]  # drop the leading "health"
+    for part in parts:
+        if isinstance(node, LocDict) and part in node:
+            loc, node = node.value_loc(part), node[part]
+        elif isinstance(node, LocList) and isinstance(part, int) and 0 <= part < len(node):
+            loc, node = node.item_loc(part), node[part]
+        else:
+            break
+    return loc
 
 
 def did_you_mean(word: Any, options: Iterable[str]) -> str:
@@ -152,6 +171,7 @@ class _Loader:
         self.chain_src: dict[str, tuple[LocList, Loc]] = {}
         self.record_src: dict[str, tuple[str, LocDict, Loc]] = {}  # abs name -> (as written, body, loc)
         self.service_names: set[str] = set()  # every service named, even in a region with problems
+        self.health_src: tuple[Any, Loc] | None = None
 
     def err(self, loc: Loc, msg: str) -> None:
         self.problems.append(loc.problem(msg))
@@ -173,6 +193,12 @@ class _Loader:
             if key not in TOP_KEYS:
                 self.err(kl, f"unknown top-level key {key!r}{did_you_mean(key, TOP_KEYS)}; "
                              f"expected one of {', '.join(TOP_KEYS)}")
+                continue
+            if key == "health":
+                if self.health_src is not None:
+                    self.err(kl, f"health already defined at {self.health_src[1]}")
+                else:
+                    self.health_src = (val, vl)
                 continue
             if key == "default_region":
                 if not isinstance(val, str):
@@ -437,10 +463,32 @@ class _Loader:
             rec = self._record(absn, written, body, nl, chains, bctx, default_origin)
             if rec is not None:
                 records[absn] = rec
+        health = self._health(regions)
         if self.problems:
             raise ConfigError(sorted(self.problems, key=lambda p: (p.file, p.line or 0, p.col or 0)))
         return Chains(regions, MappingProxyType(records), default, files, MappingProxyType(chains),
-                      bctx.latency_tables)
+                      bctx.latency_tables, health)
+
+    def _health(self, regions: Mapping[str, Region]) -> tuple:
+        """The ``health`` section: probes per region and service (schema in filterdns.health)."""
+        if self.health_src is None:
+            return ()
+        from filterdns.health import check_against_regions, parse_health_config
+
+        node, vl = self.health_src
+        problems: list[Problem] = []
+        specs: list = []
+        try:
+            specs = parse_health_config(node, vl.file)
+        except ConfigError as e:
+            problems = e.problems
+        else:
+            problems = check_against_regions(specs, regions, vl.file)
+        for p in problems:
+            path, _, _ = p.message.partition(":")
+            loc = _loc_for_path(node, path, vl)
+            self.problems.append(Problem(loc.file, loc.line, loc.col, p.message))
+        return tuple(specs)
 
     def _steps(self, body: LocList, what: str, bctx: BuildContext) -> tuple[Step, ...] | None:
         if not body:
