@@ -40,6 +40,7 @@ from .inventory import Region, Status
 from .model import AAAA, Client
 
 FALLBACKS = ("all", "default_region", "none")
+_MEMO_MAX = 50_000  # memoised chain prefixes per record and status snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,11 @@ class DynamicRecord:
         enabled = tuple(s for s in self.steps if not s.disabled)
         object.__setattr__(self, "_enabled", enabled)
         object.__setattr__(self, "_prefix_filters", tuple(s.filter for s in enabled if s.filter.needs_prefix))
+        filters = tuple(s.filter for s in enabled)
+        object.__setattr__(self, "_filters", filters)
+        # filters that read more of the client than its location make the address part of the key
+        object.__setattr__(self, "_key_has_address", any(f.needs_prefix for f in filters))
+        object.__setattr__(self, "_memo", [None, {}])
 
     def resolve(
         self,
@@ -173,7 +179,80 @@ class DynamicRecord:
         trace: bool = False,
     ) -> Resolution:
         """Run the chain for one query. ``regions`` is accepted for interface stability; the
-        record was bound to its State's regions when it was built."""
+        record was bound to its State's regions when it was built.
+
+        Without ``trace`` the deterministic part of the chain (the filters before the first one
+        that would draw on the RNG for this input, see ``Filter.random_for``) is memoised per
+        (location key, client prefix, status snapshot): a drain, feed value or health change is
+        a new ``Status`` and empties the memo. Only the filters from the first random one on run
+        per query; a chain with none is answered from the memo outright. ``_resolve_full`` is the
+        reference the memoised path is tested against.
+        """
+        if trace:
+            return self._resolve_full(qtype, client, geo, status, rng, True)
+        loc = geo.locate(client) if self.reads_client else UNKNOWN
+        memo = self._memo
+        if memo[0] is not status:
+            memo[0] = status
+            memo[1] = {}
+        table = memo[1]
+        key = (loc.key, loc.prefix_len, client.prefix, client.address) if self._key_has_address \
+            else (loc.key, loc.prefix_len, client.prefix)
+        hit = table.get(key)
+        if hit is None:
+            hit = self._memo_entry(client, loc, status, rng)
+            if len(table) >= _MEMO_MAX:
+                table.clear()
+            table[key] = hit
+        start, cur, removed, scope, origin, tail, done = hit
+        if not tail:
+            res = done.get(qtype)
+            if res is None:
+                res = done[qtype] = self._finish(qtype, start, cur, removed, scope)
+            return res
+        ctx = Context(client, loc, rng, origin, False)
+        more = list(removed)
+        for f in tail:
+            out = f.apply(cur, ctx)
+            if len(out) < len(cur):
+                more.append((f.name, len(cur) - len(out)))
+            cur = out
+        return self._finish(qtype, start, cur, tuple(more), scope)
+
+    def _memo_entry(self, client: Client, loc: Location, status: Status, rng: random.Random) -> tuple:
+        """Run the filters that do not draw on the RNG for this input; keep the rest as the tail."""
+        start = self.answers(status)
+        origin = (loc.lat, loc.lon) if loc.lat is not None else self.default_origin
+        ctx = Context(client, loc, rng, origin, False)
+        cur = start
+        removed: list[tuple[str, int]] = []
+        filters = self._filters
+        i = 0
+        while i < len(filters):
+            f = filters[i]
+            if f.random_for(cur):
+                break
+            out = f.apply(cur, ctx)
+            if len(out) < len(cur):
+                removed.append((f.name, len(cur) - len(out)))
+            cur = out
+            i += 1
+        return (start, cur, tuple(removed), self.scope_for(client, loc), origin, filters[i:], {})
+
+    def _finish(self, qtype: int, start, cur, removed, scope) -> Resolution:
+        used_fallback = False
+        if not cur and start:
+            used_fallback = True
+            cur = self._fallback(start)
+        if qtype == AAAA:
+            addrs = tuple(x for a in cur for x in a.v6)
+        else:
+            addrs = tuple(x for a in cur for x in a.v4)
+        return Resolution(addrs, scope, tuple(a.name for a in cur), removed, None, None, used_fallback)
+
+    def _resolve_full(self, qtype: int, client: Client, geo: GeoDB, status: Status,
+                      rng: random.Random, trace: bool) -> Resolution:
+        """Every filter, every time (explain, and the reference for the memoised path)."""
         loc = geo.locate(client) if self.reads_client else UNKNOWN
         start = self.answers(status)
         origin = (loc.lat, loc.lon) if loc.lat is not None else self.default_origin

@@ -24,6 +24,7 @@ log = logging.getLogger("filterdns.query")
 
 _perf = time.perf_counter
 CACHE_MAX = 20000
+_RRFIX = struct.Struct("!HHIH")
 
 
 class NullMetrics:
@@ -54,7 +55,9 @@ class Responder:
         self.metrics = metrics or NullMetrics()
         self.rng = rng or random.Random()
         self.use_cache = cache
-        self.cache: dict = {}
+        self.cache: dict = {}  # (name, type, class) -> rendered static answer
+        self.bodies: dict = {}  # (addresses, type, ttl) -> rendered dynamic answer records
+        self.fast_dynamic: dict = {}  # lowercase wire name -> DynamicRecord
         self.cache_gen = -1
         self._logged: set[str] = set()
 
@@ -104,8 +107,28 @@ class Responder:
             limit = wire.udp_limit(q)
         if self.use_cache:
             if self.cache_gen != state.generation:
-                self.cache = {}
-                self.cache_gen = state.generation
+                self._new_generation(state)
+            # the common dynamic query: the record's own name, A or AAAA, class IN
+            dyn = self.fast_dynamic.get(q.qname_lower)
+            if dyn is not None and q.qclass == 1 and q.qtype in dyn.types:
+                res = dyn.resolve(q.qtype, client_of(q, src), state.geo, state.regions,
+                                  self.inventory.status, self.rng)
+                addrs = res.addresses
+                if addrs:
+                    m = self.metrics
+                    m.answer(dyn.name, res.regions)
+                    if res.removed:
+                        m.filter_removed(res.removed)
+                    bkey = (addrs, q.qtype, dyn.ttl)
+                    body = self.bodies.get(bkey)
+                    if body is None:
+                        tail = _RRFIX.pack(q.qtype, 1, dyn.ttl, len(addrs[0]))
+                        body = b"".join(b"\xc0\x0c" + tail + a for a in addrs)
+                        if len(self.bodies) >= CACHE_MAX:
+                            self.bodies.clear()
+                        self.bodies[bkey] = body
+                    msg, tc = wire.render(q, 0, True, len(addrs), 0, 0, body, res.scope, limit)
+                    return msg, 0, tc
             key = (q.qname_lower, q.qtype, q.qclass)
             hit = self.cache.get(key)
             if hit is not None:
@@ -133,6 +156,21 @@ class Responder:
             return msg, d.rcode, tc
         msg, tc = wire.render_decision(q, d, limit)
         return msg, d.rcode, tc
+
+    def _new_generation(self, state) -> None:
+        """A new config: forget rendered answers; note which dynamic names take the short path
+        (every one that is not at or below a zone cut, where the core answers a referral)."""
+        from filterdns.core import _find_cut
+
+        self.cache = {}
+        self.bodies = {}
+        fast = {}
+        for key, rec in state.dynamic.items():
+            zone = state.zones.find(key)
+            if zone is not None and (not zone.cuts or _find_cut(zone, key) is None):
+                fast[key] = rec
+        self.fast_dynamic = fast
+        self.cache_gen = state.generation
 
     def _log_once(self, where: str) -> None:
         """Log an unexpected exception with its traceback once per kind, then only count it."""

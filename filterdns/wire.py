@@ -204,10 +204,21 @@ def parse_query(data: bytes) -> Query:
         raise FormErr(f"opcode {opcode}", qid, flags, rcode=NOTIMP)
     if qd != 1:
         raise FormErr(f"qdcount {qd}", qid, flags)
-    try:
-        qname, off = _read_name(data, 12, end)
-    except ValueError as e:
-        raise FormErr(str(e), qid, flags) from None
+    # the usual question name: plain labels, no compression; scanned without copying
+    off = 12
+    while off < end:
+        n = data[off]
+        if n == 0 or n & 0xC0:
+            break
+        off += n + 1
+    if off < end and data[off] == 0 and off - 12 < 255:
+        off += 1
+        qname = data[12:off]
+    else:
+        try:
+            qname, off = _read_name(data, 12, end)
+        except ValueError as e:
+            raise FormErr(str(e), qid, flags) from None
     if off + 4 > end:
         raise FormErr("question runs past the end", qid, flags)
     qtype, qclass = _HH.unpack_from(data, off)
@@ -237,7 +248,10 @@ def parse_query(data: bytes) -> Query:
                 raise ValueError("rdata runs past the end")
         for _ in range(ar):
             start = off
-            off = _skip_name(data, off, end)
+            if off < end and data[off] == 0:  # the root name (OPT's owner)
+                off += 1
+            else:
+                off = _skip_name(data, off, end)
             if off + 10 > end:
                 raise ValueError("record runs past the end")
             rtype, rclass, ttl, rdlen = _RRFIX.unpack_from(data, off)

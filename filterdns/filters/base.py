@@ -170,6 +170,12 @@ class Filter:
     def apply(self, answers: tuple[Answer, ...], ctx: Context) -> tuple[Answer, ...]:
         raise NotImplementedError
 
+    def random_for(self, answers: tuple[Answer, ...]) -> bool:
+        """Whether ``apply`` on these answers would use the RNG. The chain memoises every filter
+        up to the first one for which this is true; override when randomness depends on the
+        input (``shed_load`` only draws for answers between the watermarks)."""
+        return self.random
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{self.name}({opts})"

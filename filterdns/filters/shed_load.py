@@ -39,6 +39,18 @@ class ShedLoad(Filter):
         super().__init__(options, build)
         self.metric = self.options["metric"]
 
+    def random_for(self, answers: tuple[Answer, ...]) -> bool:
+        """Only loads strictly between the watermarks are decided by a draw."""
+        metric = self.metric
+        for a in answers:
+            m = a.meta
+            load = as_float(m.get(metric))
+            low = as_float(m.get("low_watermark"))
+            high = as_float(m.get("high_watermark"))
+            if load is not None and low is not None and high is not None and low < load < high:
+                return True
+        return False
+
     def apply(self, answers: tuple[Answer, ...], ctx: Context) -> tuple[Answer, ...]:
         metric = self.metric
         out = []
