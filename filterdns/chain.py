@@ -80,6 +80,9 @@ class Resolution:
     trace: tuple | None = None
     location: Location | None = None
     fallback: bool = False
+    #: the same query from the same client gets this very answer until the status changes
+    #: (no filter drew on the RNG): callers may reuse what they rendered from it
+    fixed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +211,7 @@ class DynamicRecord:
         if not tail:
             res = done.get(qtype)
             if res is None:
-                res = done[qtype] = self._finish(qtype, start, cur, removed, scope)
+                res = done[qtype] = self._finish(qtype, start, cur, removed, scope, True)
             return res
         ctx = Context(client, loc, rng, origin, False)
         more = list(removed)
@@ -239,7 +242,7 @@ class DynamicRecord:
             i += 1
         return (start, cur, tuple(removed), self.scope_for(client, loc), origin, filters[i:], {})
 
-    def _finish(self, qtype: int, start, cur, removed, scope) -> Resolution:
+    def _finish(self, qtype: int, start, cur, removed, scope, fixed: bool = False) -> Resolution:
         used_fallback = False
         if not cur and start:
             used_fallback = True
@@ -248,7 +251,8 @@ class DynamicRecord:
             addrs = tuple(x for a in cur for x in a.v6)
         else:
             addrs = tuple(x for a in cur for x in a.v4)
-        return Resolution(addrs, scope, tuple(a.name for a in cur), removed, None, None, used_fallback)
+        return Resolution(addrs, scope, tuple(a.name for a in cur), removed, None, None, used_fallback,
+                          fixed)
 
     def _resolve_full(self, qtype: int, client: Client, geo: GeoDB, status: Status,
                       rng: random.Random, trace: bool) -> Resolution:

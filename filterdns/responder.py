@@ -24,6 +24,7 @@ log = logging.getLogger("filterdns.query")
 
 _perf = time.perf_counter
 CACHE_MAX = 20000
+ROUTES_MAX = 100_000
 _RRFIX = struct.Struct("!HHIH")
 
 
@@ -38,7 +39,10 @@ def client_of(q: wire.Query, src) -> Client:
     """The routing location: ECS (source prefix > 0) or the packet's source address."""
     e = q.ecs
     if e is not None and e.source:
-        return Client(e.address, 4 if e.family == 1 else 6, e.source, True)
+        c = e.client
+        if c is None:  # ECS objects are shared per subnet (wire caches them): make it once
+            c = e.client = Client(e.address, 4 if e.family == 1 else 6, e.source, True)
+        return c
     host = src[0] if src else "0.0.0.0"
     if ":" in host:
         if host.startswith("::ffff:") and "." in host:
@@ -58,6 +62,8 @@ class Responder:
         self.cache: dict = {}  # (name, type, class) -> rendered static answer
         self.bodies: dict = {}  # (addresses, type, ttl) -> rendered dynamic answer records
         self.fast_dynamic: dict = {}  # lowercase wire name -> DynamicRecord
+        # (name, type, client subnet or source) -> (status, count, body, scope, regions, removed)
+        self.routes: dict = {}
         self.cache_gen = -1
         self._logged: set[str] = set()
 
@@ -111,8 +117,18 @@ class Responder:
             # the common dynamic query: the record's own name, A or AAAA, class IN
             dyn = self.fast_dynamic.get(q.qname_lower)
             if dyn is not None and q.qclass == 1 and q.qtype in dyn.types:
-                res = dyn.resolve(q.qtype, client_of(q, src), state.geo, state.regions,
-                                  self.inventory.status, self.rng)
+                status = self.inventory.status
+                e = q.ecs
+                rkey = (q.qname_lower, q.qtype, e.key if e is not None and e.source else src[0])
+                hit = self.routes.get(rkey)
+                if hit is not None and hit[0] is status:
+                    _, n, body, scope, regions, removed = hit
+                    self.metrics.answer(dyn.name, regions)
+                    if removed:
+                        self.metrics.filter_removed(removed)
+                    msg, tc = wire.render(q, 0, True, n, 0, 0, body, scope, limit)
+                    return msg, 0, tc
+                res = dyn.resolve(q.qtype, client_of(q, src), state.geo, state.regions, status, self.rng)
                 addrs = res.addresses
                 if addrs:
                     m = self.metrics
@@ -127,6 +143,11 @@ class Responder:
                         if len(self.bodies) >= CACHE_MAX:
                             self.bodies.clear()
                         self.bodies[bkey] = body
+                    if res.fixed:
+                        # same client, same status -> same answer: skip the chain next time
+                        if len(self.routes) >= ROUTES_MAX:
+                            self.routes.clear()
+                        self.routes[rkey] = (status, len(addrs), body, res.scope, res.regions, res.removed)
                     msg, tc = wire.render(q, 0, True, len(addrs), 0, 0, body, res.scope, limit)
                     return msg, 0, tc
             key = (q.qname_lower, q.qtype, q.qclass)
@@ -164,6 +185,7 @@ class Responder:
 
         self.cache = {}
         self.bodies = {}
+        self.routes = {}
         fast = {}
         for key, rec in state.dynamic.items():
             zone = state.zones.find(key)

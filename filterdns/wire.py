@@ -66,7 +66,7 @@ class FormErr(Exception):
 class ECS:
     """A validated EDNS Client Subnet option (RFC 7871 §6)."""
 
-    __slots__ = ("family", "source", "scope", "address", "raw_addr")
+    __slots__ = ("family", "source", "scope", "address", "raw_addr", "key", "client", "_echo")
 
     def __init__(self, family: int, source: int, scope: int, address: str, raw_addr: bytes):
         self.family = family  # 1 = IPv4, 2 = IPv6
@@ -74,13 +74,18 @@ class ECS:
         self.scope = scope
         self.address = address  # textual, full length (zero padded)
         self.raw_addr = raw_addr  # as sent: ceil(source / 8) bytes
+        self.key = (family, source, raw_addr)  # identifies the client subnet (cache keys)
+        self.client = None  # the model.Client for this subnet, made once by the responder
+        self._echo: dict[int, bytes] = {}
 
     def echo(self, scope: int) -> bytes:
         """The option as it goes back: family, source and address as sent, our scope."""
-        if scope > (32 if self.family == 1 else 128):
-            scope = 32 if self.family == 1 else 128
-        body = struct.pack("!HBB", self.family, self.source, scope) + self.raw_addr
-        return struct.pack("!HH", EDNS_ECS, len(body)) + body
+        out = self._echo.get(scope)
+        if out is None:
+            s = min(scope, 32 if self.family == 1 else 128)
+            body = struct.pack("!HBB", self.family, self.source, s) + self.raw_addr
+            out = self._echo[scope] = struct.pack("!HH", EDNS_ECS, len(body)) + body
+        return out
 
     def __repr__(self) -> str:
         return f"ECS({self.address}/{self.source}, scope {self.scope})"
@@ -168,7 +173,21 @@ def _skip_name(data: bytes, off: int, end: int) -> int:
     return _read_name(data, off, end)[1]
 
 
+_ECS_CACHE: dict[bytes, ECS] = {}
+
+
 def _parse_ecs(body: bytes) -> ECS:
+    """Validated ECS option (cached by its bytes: resolvers repeat the same subnets)."""
+    e = _ECS_CACHE.get(body)
+    if e is None:
+        e = _parse_ecs_uncached(body)
+        if len(_ECS_CACHE) >= 50_000:
+            _ECS_CACHE.clear()
+        _ECS_CACHE[body] = e
+    return e
+
+
+def _parse_ecs_uncached(body: bytes) -> ECS:
     if len(body) < 4:
         raise ValueError("ECS option shorter than 4 octets")
     family, source, scope = struct.unpack_from("!HBB", body)
