@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-watch", action="store_true", help="do not reload when files under --zones/--chains change")
     s.add_argument("--no-health", action="store_true", help="do not run the configured health checks")
     s.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes sharing the DNS ports with SO_REUSEPORT, under one supervisor "
+                   help="worker processes serving the same DNS sockets, under one supervisor "
                         "that owns the control API, metrics and health checks "
                         f"(default: the number of CPUs, {os.cpu_count() or 1})")
 

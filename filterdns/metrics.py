@@ -43,8 +43,8 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_drains_orphaned                            drains of regions/services not in config
 
 Multi-worker aggregation: ``snapshot()`` returns plain, picklable data and ``merge()`` adds
-snapshots together; a parent process could register ``_Collector(metrics, snapshot_fn=lambda:
-merge(worker snapshots))``. Not wired yet.
+snapshots together; with ``serve --workers N`` the supervisor renders ``/metrics`` through
+``merged_renderer`` over the workers' latest snapshots (see filterdns.workers).
 """
 
 from __future__ import annotations
@@ -390,6 +390,17 @@ class _Collector(Collector):
 
 
 metrics = Metrics()
+
+
+def merged_renderer(get_state: Callable[[], Any], inventory: Any,
+                    snapshot_fn: Callable[[], dict]) -> Callable[[], bytes]:
+    """A /metrics renderer for counters gathered elsewhere (the sum of worker processes'
+    snapshots), with the per-region gauges read from ``get_state`` and ``inventory``."""
+    gauges = Metrics()
+    gauges.bind(get_state, inventory)
+    registry = CollectorRegistry()
+    registry.register(_Collector(gauges, snapshot_fn=snapshot_fn))
+    return lambda: generate_latest(registry)
 
 
 def render_latest() -> bytes:

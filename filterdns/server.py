@@ -67,7 +67,6 @@ class ServeOptions:
     tcp_idle_timeout: float = 10.0
     watch: bool = True
     watch_interval: float = 1.0
-    reuse_port: bool = False
     health: bool = True
     workers: int = 1
 
@@ -187,34 +186,48 @@ class Server:
                 await self.reload("files changed")
 
     # ----------------------------------------------------------------- listeners
-    async def open_listeners(self):
-        loop = asyncio.get_running_loop()
+    def bind_sockets(self) -> list[tuple[socket.socket, socket.socket]]:
+        """Bind a UDP and a TCP socket per --listen address (port 0: the kernel picks one,
+        the same for both). With workers, the supervisor binds them once and every worker
+        serves the same sockets: the kernel hands each datagram to whichever worker is free,
+        which spreads load evenly even when a few clients send everything."""
         o = self.opts
-        self.responder = Responder(self.holder, self.inventory, self.metrics)
-        self.tcp_state = TcpServerState(self.responder, self.metrics, o.tcp_max_connections,
-                                        o.tcp_idle_timeout)
+        out = []
         for host, port in o.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             usock = socket.socket(family, socket.SOCK_DGRAM)
             if family == socket.AF_INET6:
                 usock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if o.reuse_port:
-                usock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             usock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             usock.bind((host, port))
-            port = usock.getsockname()[1]  # port 0: the kernel's choice, same for TCP
-            tr, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.responder), sock=usock)
-            self.transports.append(tr)
+            port = usock.getsockname()[1]
             tsock = socket.socket(family, socket.SOCK_STREAM)
             tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if o.reuse_port:
-                tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             tsock.bind((host, port))
+            tsock.listen(1024)
+            out.append((usock, tsock))
+        return out
+
+    async def open_listeners(self, socks: list[tuple[socket.socket, socket.socket]] | None = None):
+        """Serve DNS on the given (UDP, TCP) socket pairs, or on freshly bound ones."""
+        loop = asyncio.get_running_loop()
+        o = self.opts
+        self.responder = Responder(self.holder, self.inventory, self.metrics)
+        self.tcp_state = TcpServerState(self.responder, self.metrics, o.tcp_max_connections,
+                                        o.tcp_idle_timeout)
+        if socks is None:
+            socks = self.bind_sockets()
+        for usock, tsock in socks:
+            usock.setblocking(False)
+            tsock.setblocking(False)
+            tr, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.responder), sock=usock)
+            self.transports.append(tr)
             srv = await loop.create_server(lambda: TcpProtocol(self.tcp_state), sock=tsock, backlog=1024)
             self.servers.append(srv)
-            shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+            host, port = usock.getsockname()[:2]
+            shown = f"[{host}]:{port}" if usock.family == socket.AF_INET6 else f"{host}:{port}"
             log.info("listening on %s (udp, tcp)", shown)
             self.bound = getattr(self, "bound", []) + [(host, port)]
         self._listeners_open = True
@@ -230,22 +243,20 @@ class Server:
         from filterdns import wiring
         self.controller = wiring.build_controller(self)  # drains are restored before serving
         if self.opts.workers > 1:
-            from filterdns.metrics import Metrics
+            from filterdns.metrics import merged_renderer
             from filterdns.workers import Supervisor
             self.supervisor = Supervisor(self, self.opts.workers)
-            merged = Metrics()  # renders the sum of every worker's counters and ours
-            merged.bind(lambda: self.holder.state, self.inventory)
-            from filterdns.metrics import _Collector
-            from prometheus_client import CollectorRegistry, generate_latest
-            reg = CollectorRegistry()
-            reg.register(_Collector(merged, snapshot_fn=self.supervisor.merged_snapshot))
-            self.render_metrics = lambda: generate_latest(reg)
+            # /metrics shows the sum of every worker's counters and the supervisor's own
+            self.render_metrics = merged_renderer(lambda: self.holder.state, self.inventory,
+                                                  self.supervisor.merged_snapshot)
+        # the control API answers (readyz: not yet) while the DNS listeners come up
+        await self._start_aux()
+        if self.supervisor is not None:
             await self.supervisor.start()
             log.info("%d workers serving on %s", self.opts.workers,
                      ", ".join(f"{h}:{p}" for h, p in self.opts.listen))
         else:
             await self.open_listeners()
-        await self._start_aux()
         if self.opts.watch:
             self._watch_task = asyncio.create_task(self._watch())
         st = self.holder.state

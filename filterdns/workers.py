@@ -1,8 +1,10 @@
-"""Several worker processes sharing the DNS ports (``serve --workers N``).
+"""Several worker processes sharing the DNS sockets (``serve --workers N``).
 
 Python answers queries on one core per process, so to use every core the server runs N worker
-processes that each bind the same UDP and TCP ports with SO_REUSEPORT (the kernel spreads
-clients over them by address hash), under one supervisor process that owns everything else:
+processes that serve the very same UDP and TCP sockets, bound once by the supervisor and
+inherited: the kernel gives each datagram (and each connection) to a worker that is waiting,
+so load spreads evenly even when a few busy resolvers send most queries (SO_REUSEPORT would
+hash each resolver to one worker). The supervisor owns everything else:
 
 * the supervisor keeps the operator state (Controller, Inventory, durable drains and feeds),
   the control API, the metrics endpoint, health checks, drain automation and the file watcher;
@@ -78,6 +80,12 @@ class Supervisor:
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, timeout: float = 20.0) -> None:
+        # one set of sockets, shared by every worker (and kept open here across restarts)
+        self.socks = self.server.bind_sockets()
+        for usock, tsock in self.socks:
+            host, port = usock.getsockname()[:2]
+            log.info("listening on %s (udp, tcp), shared by %d workers",
+                     f"[{host}]:{port}" if usock.family == socket.AF_INET6 else f"{host}:{port}", self.n)
         self.server.inventory.subscribe(self._on_inventory)
         for w in self.workers:
             await self._spawn(w)
@@ -97,11 +105,13 @@ class Supervisor:
             "listen": o.listen, "zones": o.zones, "chains": o.chains, "geoip": o.geoip,
             "tcp_max_connections": o.tcp_max_connections, "tcp_idle_timeout": o.tcp_idle_timeout,
             "generation": self.server.holder.state.generation, "index": w.index,
+            "sockets": [(u.fileno(), t.fileno()) for u, t in self.socks],
         }
         env = dict(os.environ)
+        fds = (child.fileno(),) + tuple(fd for pair in args["sockets"] for fd in pair)
         w.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "filterdns.workers", str(child.fileno()), repr(args),
-            pass_fds=(child.fileno(),), env=env, stdin=asyncio.subprocess.DEVNULL)
+            pass_fds=fds, env=env, stdin=asyncio.subprocess.DEVNULL)
         child.close()
         w.started = time.monotonic()
         w.ready.clear()
@@ -177,6 +187,9 @@ class Supervisor:
             await asyncio.gather(*(p.wait() for p in procs), return_exceptions=True)
         for t in list(self._tasks):
             t.cancel()
+        for pair in getattr(self, "socks", ()):
+            for sock in pair:
+                sock.close()
 
     # ---------------------------------------------------------------- fan-out
     def _on_inventory(self, status, event) -> None:
@@ -232,15 +245,15 @@ def _worker_main(fd: int, args: dict) -> int:
         opts = ServeOptions(listen=[tuple(x) for x in args["listen"]], zones=args["zones"],
                             chains=args["chains"], geoip=args["geoip"], metrics=None, control=None,
                             tcp_max_connections=args["tcp_max_connections"],
-                            tcp_idle_timeout=args["tcp_idle_timeout"], watch=False, health=False,
-                            reuse_port=True)
+                            tcp_idle_timeout=args["tcp_idle_timeout"], watch=False, health=False)
         server = Server(opts, metrics=Metrics())
         from filterdns.config.build import build_state
         from filterdns.state import StateHolder
 
         server.holder = StateHolder(build_state(opts.zones, opts.chains, opts.geoip,
                                                 generation=args["generation"]))
-        await server.open_listeners()
+        socks = [(socket.socket(fileno=u), socket.socket(fileno=t)) for u, t in args["sockets"]]
+        await server.open_listeners(socks)
         sock = socket.socket(fileno=fd)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         stop = asyncio.Event()

@@ -1,4 +1,4 @@
-"""serve --workers N: several processes on the same ports under one supervisor. Drains and
+"""serve --workers N: several processes on the same sockets under one supervisor. Drains and
 feeds reach every worker, reloads too, metrics are summed, and a dead worker comes back."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port, start_server
 from test_ops_e2e import GB, LONDON, TOKEN, addrs, cli, http
 
-N_SOCKETS = 24  # SO_REUSEPORT spreads by source address/port: many sockets reach every worker
+N_SOCKETS = 24  # queries from many source ports, so every worker answers some
 
 
 @pytest.fixture
