@@ -270,11 +270,15 @@ class Server:
     def request_stop(self):
         self._stop.set()
 
-    async def serve_forever(self):
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; installed before start-up so a signal that
+        arrives while listeners and workers come up is honoured, not fatal."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+
+    async def serve_forever(self):
         await self._stop.wait()
         await self.stop()
 
@@ -331,6 +335,7 @@ def run(opts: ServeOptions) -> int:
             log.error("configuration rejected (%d problem(s)); not starting", len(e.problems))
             return 1
         from filterdns.wiring import WiringError
+        server.install_signal_handlers()
         try:
             await server.start()
         except (OSError, WiringError) as e:

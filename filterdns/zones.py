@@ -95,6 +95,35 @@ def _line_of(path: str, needle: str) -> int | None:
     return None
 
 
+def _line_text(path: str, lineno: int) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for no, line in enumerate(f, 1):
+                if no == lineno:
+                    line = " ".join(line.split())
+                    return line if len(line) <= 100 else line[:97] + "..."
+    except OSError:
+        pass
+    return ""
+
+
+def _real_line(path: str, origin_text: str, reported: int) -> int:
+    """dnspython reports an error in record data one line late (after it has read the end of
+    the line); other errors on their own line. If the file up to the line before the reported
+    one already fails, the error is on that line."""
+    if reported <= 1:
+        return reported
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = "".join(line for _, line in zip(range(reported - 1), f))
+        dns.zone.from_text(head, origin=origin_text, relativize=False, check_origin=False)
+    except dns.exception.DNSException:
+        return reported - 1
+    except OSError:
+        return reported
+    return reported
+
+
 def load_zone(path: str, origin_text: str, problems: list[Problem]) -> Zone | None:
     """Load one master file; append problems (with file:line) and return None on error."""
     try:
@@ -105,7 +134,12 @@ def load_zone(path: str, origin_text: str, problems: list[Problem]) -> Zone | No
         prefix = f"{path}:"
         if msg.startswith(prefix):
             line, _, reason = msg[len(prefix):].partition(":")
-            problems.append(Problem(path, int(line) if line.isdigit() else None, None, reason.strip()))
+            lineno = _real_line(path, origin_text, int(line)) if line.isdigit() else None
+            reason = reason.strip()
+            text = _line_text(path, lineno) if lineno else ""
+            if text:
+                reason += f" in: {text}"
+            problems.append(Problem(path, lineno, None, reason))
         else:
             problems.append(Problem(path, None, None, msg))
         return None
