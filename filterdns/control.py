@@ -282,7 +282,23 @@ def _params(req: Request, allowed: set[str]) -> dict[str, Any]:
     return out
 
 
-class ControlServer:
+class _Endpoint:
+    """An HTTP endpoint served by ``self.http``: its address, start and stop."""
+
+    http: HttpServer
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.http.address
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def stop(self) -> None:
+        await self.http.stop()
+
+
+class ControlServer(_Endpoint):
     """The control API bound to a ``Controller``. ``await start()`` / ``await stop()``."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 9154,
@@ -294,16 +310,6 @@ class ControlServer:
         if token is None:
             log.warning("no control token configured: mutating control API calls are refused "
                         "(set --control-token-file or $%s)", TOKEN_ENV)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.http.address
-
-    async def start(self) -> None:
-        await self.http.start()
-
-    async def stop(self) -> None:
-        await self.http.stop()
 
     def _authorize(self, req: Request) -> Response | None:
         if self.token is None:
@@ -387,7 +393,7 @@ class ControlServer:
                              {"Allow": ", ".join(methods)})
 
 
-class MetricsServer:
+class MetricsServer(_Endpoint):
     """``GET /metrics`` (and ``/healthz``) only, for ``--metrics ADDR:PORT``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9153, render: Callable[[], bytes] | None = None):
@@ -395,16 +401,6 @@ class MetricsServer:
             from .metrics import render_latest as render
         self.render = render
         self.http = HttpServer(host, port, self.handle, name="metrics")
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.http.address
-
-    async def start(self) -> None:
-        await self.http.start()
-
-    async def stop(self) -> None:
-        await self.http.stop()
 
     async def handle(self, req: Request) -> Response:
         if req.method not in ("GET", "HEAD"):

@@ -228,17 +228,9 @@ class Inventory:
     # -- persistence ----------------------------------------------------------------------
     def restore(self, data: Mapping[str, Any]) -> None:
         """Load what ``Status.to_json`` wrote (drains and feeds), replacing both."""
-        drains = {}
-        for d in data.get("drains", ()):
-            dr = Drain(d["region"], d.get("service"), d.get("reason", ""), d.get("actor", ""),
-                       d.get("cause", "operator"), float(d.get("since", 0)))
-            drains[(dr.region, dr.service)] = dr
-        feeds = {
-            (f["region"], f.get("service")): MappingProxyType(dict(f["values"]))
-            for f in data.get("feeds", ())
-        }
+        saved = load_status(data)
         self._swap(
-            drains=MappingProxyType(drains),
-            feeds=MappingProxyType(feeds),
-            _event={"action": "restore", "drains": len(drains), "feeds": len(feeds)},
+            drains=saved.drains,
+            feeds=saved.feeds,
+            _event={"action": "restore", "drains": len(saved.drains), "feeds": len(saved.feeds)},
         )

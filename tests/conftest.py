@@ -87,8 +87,10 @@ class ServerProcess:
                 self.proc.wait(5)
 
 
-def start_server(tmp_path, *extra, zones=None, chains=None, env=None, wait=True) -> ServerProcess:
-    """Start `python -m filterdns serve` on a free loopback port; wait until it answers."""
+def start_server(tmp_path, *extra, zones=None, chains=None, env=None, wait=True,
+                 probe="example.com.") -> ServerProcess:
+    """Start `python -m filterdns serve` on a free loopback port; wait until it answers a SOA
+    query for ``probe`` (a name of the zones served)."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     args = [sys.executable, "-m", "filterdns", "serve", "--listen", f"127.0.0.1:{port}",
@@ -112,7 +114,7 @@ def start_server(tmp_path, *extra, zones=None, chains=None, env=None, wait=True)
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited {proc.returncode}:\n{sp.log()}")
             try:
-                sp.query("example.com", "SOA", timeout=0.3)
+                sp.query(probe, "SOA", timeout=0.3)
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.05)
