@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = e.add_mutually_exclusive_group(required=True)
     g.add_argument("--client", metavar="IP", help="the resolver's (or client's) address")
     g.add_argument("--subnet", metavar="CIDR", help="an ECS client subnet, e.g. 81.2.69.0/24")
+    e.add_argument("--live", metavar="ADDR:PORT", nargs="?", const="127.0.0.1:9154", default=None,
+                   help="apply the running server's drains, health verdicts and feed values, read from "
+                        "its control API (default address when given alone: %(const)s)")
 
     try:
         from filterdns import opscli

@@ -344,6 +344,10 @@ class ControlServer(_Endpoint):
             return self._only(req, "GET") or _metrics_response(self.render_metrics)
         if path == "/regions":
             return self._only(req, "GET") or json_response(200, c.regions())
+        if path == "/status":
+            # the raw runtime snapshot (drains, health, feeds): what `filterdns explain --live` runs on
+            from .inventory import dump_status
+            return self._only(req, "GET") or json_response(200, dump_status(c.inventory.status))
         if path == "/reload":
             if bad := self._only(req, "POST") or self._authorize(req):
                 return bad

@@ -177,6 +177,17 @@ def check_main(args: Any) -> int:
     return 0
 
 
+def _live_status(control: str):
+    """The running server's drains, health verdicts and feed values (GET /status)."""
+    import json
+    import urllib.request
+
+    from .inventory import load_status
+
+    with urllib.request.urlopen(f"http://{control}/status", timeout=5) as resp:
+        return load_status(json.loads(resp.read()))
+
+
 def explain_main(args: Any) -> int:
     """``filterdns explain NAME [TYPE] (--client IP | --subnet CIDR)``."""
     try:
@@ -190,8 +201,16 @@ def explain_main(args: Any) -> int:
         for p in e.problems:
             print(p, file=sys.stderr)
         return 1
+    status = None
+    if getattr(args, "live", None):
+        try:
+            status = _live_status(args.live)
+        except OSError as e:
+            print(f"filterdns explain: cannot read the running server's state from {args.live}: {e}",
+                  file=sys.stderr)
+            return 1
     try:
-        text = explain(state, args.name, getattr(args, "qtype", "A") or "A", client)
+        text = explain(state, args.name, getattr(args, "qtype", "A") or "A", client, status=status)
     except KeyError as e:
         print(f"filterdns explain: {e.args[0]}", file=sys.stderr)
         return 1

@@ -257,3 +257,17 @@ def test_reload_burst_under_query_load_loses_nothing(tmp_path):
     assert results["sent"] > 100
     assert results["bad"] == [] and results["ok"] == results["sent"]
     assert "generation 22" in sp.log()
+
+
+def test_explain_live_uses_the_running_servers_drains(osrv):
+    assert cli(osrv, "drain", "eu-west-2", "--service", "wss", "--reason", "explain me").returncode == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "filterdns", "explain", "wss-primary.example.com", "--subnet", "81.2.69.0/24",
+            "--zones", str(ROOT / "zones"), "--chains", str(ROOT / "chains")]
+    offline = subprocess.run(base, capture_output=True, text=True, timeout=60, env=env)
+    live = subprocess.run(base + ["--live", f"127.0.0.1:{osrv.cport}"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert offline.returncode == 0 and live.returncode == 0, live.stderr
+    assert "answer (A, ttl 20): eu-west-2" in offline.stdout
+    assert "eu-west-2 removed: up=false" in live.stdout
+    assert "answer (A, ttl 20): eu-west-1" in live.stdout
