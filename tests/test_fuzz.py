@@ -114,3 +114,43 @@ def live_server(tmp_path_factory):
     state["tcp"].close()
     sp.stop()
     assert "Traceback" not in sp.log(), sp.log()
+
+
+DYN_SEEDS = [
+    dns.message.make_query("wss-primary.example.com.", "A", use_edns=0,
+                           options=[dns.edns.ECSOption("81.2.69.0", 24)]).to_wire(),
+    dns.message.make_query("wss-backup.example.com.", "AAAA", use_edns=0,
+                           options=[dns.edns.ECSOption("2400:4050::", 56)]).to_wire(),
+    dns.message.make_query("api.example.com.", "A").to_wire(),
+]
+
+
+@pytest.fixture(scope="module")
+def bundled_responder():
+    from conftest import ROOT
+    from filterdns.config.build import build_state
+    from filterdns.inventory import Inventory
+    from filterdns.responder import Responder
+    from filterdns.state import StateHolder
+
+    return Responder(StateHolder(build_state(ROOT / "zones", ROOT / "chains")), Inventory())
+
+
+@st.composite
+def mutated_dynamic(draw):
+    base = bytearray(draw(st.sampled_from(DYN_SEEDS)))
+    for _ in range(draw(st.integers(1, 6))):
+        i = draw(st.integers(0, len(base) - 1))
+        base[i] = draw(st.integers(0, 255))
+    return bytes(base)
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_dynamic())
+def test_dynamic_path_never_raises(bundled_responder, packet):
+    out = bundled_responder.respond(packet, ("127.0.0.1", 1), "udp", 0)
+    if out is not None:
+        assert len(out) <= 1232
+        dns.message.from_wire(out)
+    r, _ = ask(bundled_responder, DYN_SEEDS[0])
+    assert r.rcode() == 0 and {rr.address for rr in r.answer[0]} == {"192.0.2.161", "192.0.2.162"}
