@@ -50,7 +50,6 @@ snapshots together; with ``serve --workers N`` the supervisor renders ``/metrics
 from __future__ import annotations
 
 import math
-import time
 from bisect import bisect_left
 from typing import Any, Callable, Iterable, Mapping
 

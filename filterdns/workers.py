@@ -82,7 +82,7 @@ class Supervisor:
     async def start(self, timeout: float = 20.0) -> None:
         # one set of sockets, shared by every worker (and kept open here across restarts)
         self.socks = self.server.bind_sockets()
-        for usock, tsock in self.socks:
+        for usock, _tcp in self.socks:
             host, port = usock.getsockname()[:2]
             log.info("listening on %s (udp, tcp), shared by %d workers",
                      f"[{host}]:{port}" if usock.family == socket.AF_INET6 else f"{host}:{port}", self.n)

@@ -15,7 +15,7 @@ from filterdns.chain import Candidate, merge_meta
 from filterdns.config.chains import load_chains
 from filterdns.explain import client_from, explain
 from filterdns.geo import GeoDB
-from filterdns.inventory import Inventory, Region, Service, Status
+from filterdns.inventory import Inventory, Region, Status
 from filterdns.model import AAAA, A, Client
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -453,7 +453,7 @@ class _Loader:
         regions = MappingProxyType(dict(self.regions))
         bctx = BuildContext(regions, default, MappingProxyType(tables))
         chains: dict[str, tuple[Step, ...]] = {}
-        for cname, (body, nl) in self.chain_src.items():
+        for cname, (body, _loc) in self.chain_src.items():
             steps = self._steps(body, f"chain {cname}", bctx)
             if steps is not None:
                 chains[cname] = steps
