@@ -245,6 +245,14 @@ def merge(snapshots: Iterable[dict]) -> dict:
     return out
 
 
+def _counter(name: str, doc: str, labels: list[str], values: Mapping) -> CounterMetricFamily:
+    """A labelled counter family from {label value or tuple of them: count}, sorted by labels."""
+    f = CounterMetricFamily(name, doc, labels=labels)
+    for key, v in sorted(values.items()):
+        f.add_metric(list(key) if isinstance(key, tuple) else [key], v)
+    return f
+
+
 class _Collector(Collector):
     """Turns a snapshot (and the bound State/Inventory) into metric families on scrape."""
 
@@ -256,17 +264,9 @@ class _Collector(Collector):
         s = self._snapshot_fn()
         sc = s["scalars"]
 
-        f = CounterMetricFamily("filterdns_queries", "Queries answered, by transport, qtype and rcode.",
-                                labels=["transport", "qtype", "rcode"])
-        for (t, q, r), v in sorted(s["queries"].items()):
-            f.add_metric([t, q, r], v)
-        yield f
+        yield _counter("filterdns_queries", "Queries answered, by transport, qtype and rcode.", ["transport", "qtype", "rcode"], s["queries"])
 
-        f = CounterMetricFamily("filterdns_ecs_queries", "Queries carrying an EDNS Client Subnet option.",
-                                labels=["transport"])
-        for t, v in sorted(s["ecs"].items()):
-            f.add_metric([t], v)
-        yield f
+        yield _counter("filterdns_ecs_queries", "Queries carrying an EDNS Client Subnet option.", ["transport"], s["ecs"])
 
         yield CounterMetricFamily("filterdns_ecs_formerr", "Queries with an invalid ECS option (FORMERR).",
                                   value=sc["ecs_formerr"])
@@ -284,11 +284,7 @@ class _Collector(Collector):
             h.add_metric([t], buckets, s["hist_sum"].get(t, 0.0))
         yield h
 
-        f = CounterMetricFamily("filterdns_malformed", "Packets that could not be answered normally.",
-                                labels=["transport", "reason"])
-        for (t, r), v in sorted(s["malformed"].items()):
-            f.add_metric([t, r], v)
-        yield f
+        yield _counter("filterdns_malformed", "Packets that could not be answered normally.", ["transport", "reason"], s["malformed"])
 
         yield CounterMetricFamily("filterdns_truncated", "Answers truncated (TC set) to fit UDP.",
                                   value=sc["truncated"])
@@ -296,17 +292,9 @@ class _Collector(Collector):
                                   "SERVFAIL answers caused by an unexpected exception.",
                                   value=sc["servfail_exception"])
 
-        f = CounterMetricFamily("filterdns_answers", "Answers for dynamic records, by record and region.",
-                                labels=["record", "region"])
-        for (rec, reg), v in sorted(s["answers"].items()):
-            f.add_metric([rec, reg], v)
-        yield f
+        yield _counter("filterdns_answers", "Answers for dynamic records, by record and region.", ["record", "region"], s["answers"])
 
-        f = CounterMetricFamily("filterdns_filter_removed", "Candidate answers removed, by filter.",
-                                labels=["filter"])
-        for name, v in sorted(s["removed"].items()):
-            f.add_metric([name], v)
-        yield f
+        yield _counter("filterdns_filter_removed", "Candidate answers removed, by filter.", ["filter"], s["removed"])
 
         yield GaugeMetricFamily("filterdns_tcp_connections", "Open TCP client connections.",
                                 value=sc["tcp_connections"])
@@ -333,11 +321,7 @@ class _Collector(Collector):
                 f.add_metric([cause], s["drains"].get((action, cause), 0))
             yield f
 
-        f = CounterMetricFamily("filterdns_health_probes", "Health probes, by region, service and result.",
-                                labels=["region", "service", "result"])
-        for (reg, svc, res), v in sorted(s["probes"].items()):
-            f.add_metric([reg, svc, res], v)
-        yield f
+        yield _counter("filterdns_health_probes", "Health probes, by region, service and result.", ["region", "service", "result"], s["probes"])
 
         yield from self._region_families()
 
