@@ -123,8 +123,13 @@ def _wildcard(zone, name: bytes):
     return None
 
 
-def decide(q, client, state, status, rng, trace: bool = False) -> Decision:
-    """Decide the answer for one parsed query (see the module docstring)."""
+def decide(q, client, state, status, rng, trace: bool = False, resolver=None) -> Decision:
+    """Decide the answer for one parsed query (see the module docstring).
+
+    ``client`` is where the query comes from for routing (the ECS subnet, else the resolver);
+    ``resolver`` is the packet's source, used instead by records configured with ``ecs: false``
+    (their answers then carry ECS scope 0: valid for every client of that resolver).
+    """
     qtype = q.qtype
     if q.qclass != IN or qtype == AXFR or qtype == IXFR:
         return REFUSED_DECISION
@@ -175,8 +180,9 @@ def decide(q, client, state, status, rng, trace: bool = False) -> Decision:
                             resolution=resolution)
         if dyn is not None and qtype in dyn.types:
             record = dyn
-            resolution = dyn.resolve(qtype, client, state.geo, state.regions, status, rng, trace)
-            scope = resolution.scope
+            who = client if dyn.ecs or resolver is None else resolver
+            resolution = dyn.resolve(qtype, who, state.geo, state.regions, status, rng, trace)
+            scope = resolution.scope if dyn.ecs else 0
             if resolution.addresses:
                 ttl = dyn.ttl
                 for addr in resolution.addresses:

@@ -143,12 +143,16 @@ def explain(state: Any, name: str, qtype: str | int, client: Client, status: Sta
         w(f"answer: NODATA (selected region(s) {', '.join(res.regions)} have no {qname} address)")
     else:
         w("answer: NODATA (no region selected)")
-    if rec.reads_client:
+    if not rec.ecs:
+        w("ECS scope: /0 (ecs: false - the answer depends only on the resolver, never on ECS)")
+        if client.ecs:
+            w("note: this record ignores ECS; real queries are routed by the resolver's address, "
+              "which --client IP shows")
+    elif rec.reads_client:
         why = "the geo database's matched network"
         if any(s.filter.needs_prefix for s in rec.steps if not s.disabled):
             why += ", raised to what sticky/netfence_prefix need of the client's prefix"
-        w(f"ECS scope: /{res.scope} ({why}; never above the source prefix /{client.prefix})"
-          + ("" if rec.ecs else " - ECS is off for this record"))
+        w(f"ECS scope: /{res.scope} ({why}; never above the source prefix /{client.prefix})")
     else:
         w("ECS scope: /0 (no enabled filter reads the client)")
     if any(s.filter.random for s in rec.steps if not s.disabled):

@@ -43,6 +43,11 @@ def client_of(q: wire.Query, src) -> Client:
         if c is None:  # ECS objects are shared per subnet (wire caches them): make it once
             c = e.client = Client(e.address, 4 if e.family == 1 else 6, e.source, True)
         return c
+    return source_client(src)
+
+
+def source_client(src) -> Client:
+    """The packet's source address as a routing location (IPv4-mapped IPv6 as IPv4)."""
     host = src[0] if src else "0.0.0.0"
     if ":" in host:
         if host.startswith("::ffff:") and "." in host:
@@ -119,7 +124,8 @@ class Responder:
             if dyn is not None and q.qclass == 1 and q.qtype in dyn.types:
                 status = self.inventory.status
                 e = q.ecs
-                rkey = (q.qname_lower, q.qtype, e.key if e is not None and e.source else src[0])
+                by_ecs = dyn.ecs and e is not None and e.source
+                rkey = (q.qname_lower, q.qtype, e.key if by_ecs else src[0])
                 hit = self.routes.get(rkey)
                 if hit is not None and hit[0] is status:
                     _, n, body, scope, regions, removed = hit
@@ -128,7 +134,8 @@ class Responder:
                         self.metrics.filter_removed(removed)
                     msg, tc = wire.render(q, 0, True, n, 0, 0, body, scope, limit)
                     return msg, 0, tc
-                res = dyn.resolve(q.qtype, client_of(q, src), state.geo, state.regions, status, self.rng)
+                who = client_of(q, src) if dyn.ecs else source_client(src)
+                res = dyn.resolve(q.qtype, who, state.geo, state.regions, status, self.rng)
                 addrs = res.addresses
                 if addrs:
                     m = self.metrics
@@ -143,12 +150,13 @@ class Responder:
                         if len(self.bodies) >= CACHE_MAX:
                             self.bodies.clear()
                         self.bodies[bkey] = body
+                    scope = res.scope if dyn.ecs else 0
                     if res.fixed:
                         # same client, same status -> same answer: skip the chain next time
                         if len(self.routes) >= ROUTES_MAX:
                             self.routes.clear()
-                        self.routes[rkey] = (status, len(addrs), body, res.scope, res.regions, res.removed)
-                    msg, tc = wire.render(q, 0, True, len(addrs), 0, 0, body, res.scope, limit)
+                        self.routes[rkey] = (status, len(addrs), body, scope, res.regions, res.removed)
+                    msg, tc = wire.render(q, 0, True, len(addrs), 0, 0, body, scope, limit)
                     return msg, 0, tc
             key = (q.qname_lower, q.qtype, q.qclass)
             hit = self.cache.get(key)
@@ -158,7 +166,8 @@ class Responder:
                 if tc and short is not None:
                     msg, tc = wire.render(q, rcode, aa, an, ns, 0, short, 0, limit)
                 return msg, rcode, tc
-        d = decide(q, client_of(q, src), state, self.inventory.status, self.rng)
+        d = decide(q, client_of(q, src), state, self.inventory.status, self.rng,
+                   resolver=source_client(src) if q.ecs is not None else None)
         if d.record is not None:
             res = d.resolution
             self.metrics.answer(d.record.name, res.regions)

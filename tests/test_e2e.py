@@ -251,3 +251,23 @@ def test_tcp_idle_timeout_and_connection_cap(tmp_path):
         assert sp.query("example.com.", "SOA", tcp=True).rcode() == 0
     finally:
         sp.stop()
+
+
+def test_record_with_ecs_off_routes_by_resolver_and_scope_zero(tmp_path):
+    chains = tmp_path / "chains"
+    shutil.copytree(ROOT / "chains", chains)
+    edge = chains / "edge.yaml"
+    edge.write_text(edge.read_text().replace("    ttl: 20\n    chain: wss-primary",
+                                             "    ttl: 20\n    ecs: false\n    chain: wss-primary"))
+    sp = start_server(tmp_path, chains=chains)
+    try:
+        for _ in range(2):  # the second answer comes from the rendered-answer cache
+            r = sp.query("wss-primary.example.com.", "A", use_edns=0, options=ecs(GB))
+            # the resolver is 127.0.0.1 (no location): the default region, not London
+            assert addrs(r) == {"192.0.2.111", "192.0.2.112", "192.0.2.113"}
+            (o,) = r.options
+            assert o.scopelen == 0 and o.srclen == 24
+        r = sp.query("wss-backup.example.com.", "A", use_edns=0, options=ecs(GB))  # ecs still on here
+        assert addrs(r) and r.options[0].scopelen > 0
+    finally:
+        sp.stop()
