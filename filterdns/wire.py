@@ -325,10 +325,6 @@ _OPT_PLAIN = opt_record()
 _OPT_DO = opt_record(do=True)
 
 
-def response_flags(qflags: int, rcode: int, aa: bool) -> int:
-    return QR | (qflags & _COPY_BITS) | (AA if aa else 0) | (rcode & 0xF)
-
-
 def formerr_response(err: FormErr) -> bytes:
     """FORMERR / NOTIMP / BADVERS answer for a query whose header could be read."""
     if err.rcode == NOTIMP:
@@ -342,24 +338,6 @@ def formerr_response(err: FormErr) -> bytes:
         opt = opt_record(ext_rcode=rcode >> 4, do=err.do)
         return _HDR.pack(err.qid, flags, qd, 0, 0, 1) + err.question + opt
     return _HDR.pack(err.qid, flags, qd, 0, 0, 0) + err.question
-
-
-def refused_header(q: Query) -> int:
-    return response_flags(q.flags, 5, False)
-
-
-class Section:
-    """Rendered resource records of one section: count and bytes (names already compressed).
-
-    Bodies produced by ``Renderer`` may contain compression pointers into the question only
-    (offsets 12..), so they are valid after any header + question of the same query name.
-    """
-
-    __slots__ = ("count", "data")
-
-    def __init__(self, count: int = 0, data: bytes = b""):
-        self.count = count
-        self.data = data
 
 
 def render(q: Query, rcode: int, aa: bool, an: int, ns: int, ar: int, body: bytes,
@@ -483,16 +461,6 @@ class Renderer:
 
     def data(self) -> bytes:
         return bytes(self.buf)
-
-
-def ecs_client(q: Query) -> tuple[str, int, int] | None:
-    """(address, family 4|6, source prefix) from the query's ECS, when it locates the client."""
-    e = q.ecs
-    if e is None or e.source == 0:
-        return None
-    return e.address, (4 if e.family == 1 else 6), e.source
-
-
 
 
 def _put(r: Renderer, records) -> None:

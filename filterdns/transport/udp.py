@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from filterdns.wire import MIN_PAYLOAD, OUR_PAYLOAD
-
 
 class UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, responder):
@@ -24,5 +22,3 @@ class UdpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc):  # ICMP unreachable etc.: nothing to do for a server
         pass
 
-
-__all__ = ["UdpProtocol", "MIN_PAYLOAD", "OUR_PAYLOAD"]
