@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from filterdns.config.build import build_state  # noqa: E402
-from filterdns.inventory import Inventory  # noqa: E402
-from filterdns.metrics import Metrics  # noqa: E402
-from filterdns.responder import Responder  # noqa: E402
-from filterdns.state import StateHolder  # noqa: E402
+from filterdns.routing.inventory import Inventory  # noqa: E402
+from filterdns.ops.metrics import Metrics  # noqa: E402
+from filterdns.dns.responder import Responder  # noqa: E402
+from filterdns.config.state import StateHolder  # noqa: E402
 
 GB = [dns.edns.ECSOption("81.2.69.0", 24)]
 CASES = [

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "its control API (default address when given alone: %(const)s)")
 
     try:
-        from filterdns import opscli
+        from filterdns.ops import client as opscli
     except ImportError:
         opscli = None
     if opscli is not None:
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args) -> int:
-    from filterdns.server import ServeOptions, parse_hostport, run
+    from filterdns.serve.server import ServeOptions, parse_hostport, run
 
     try:
         listen = [parse_hostport(x) for x in (args.listen or [DEFAULT_LISTEN])]
@@ -106,12 +106,12 @@ def _serve(args) -> int:
 
 
 def _check(args) -> int:
-    from filterdns.explain import check_main
+    from filterdns.ops.explain import check_main
     return check_main(args)
 
 
 def _explain(args) -> int:
-    from filterdns.explain import explain_main
+    from filterdns.ops.explain import explain_main
     args.qtype = args.qtype.upper()
     return explain_main(args)
 

@@ -37,8 +37,8 @@ def free_port() -> int:
 
 
 def static_state(zones_dir=FIXTURES / "zones", generation=1):
-    from filterdns.state import State
-    from filterdns.zones import load_zones
+    from filterdns.config.state import State
+    from filterdns.dns.zones import load_zones
 
     store, files = load_zones(zones_dir)
     return State(generation, store, MappingProxyType({}), {}, {}, None, files=files)
@@ -46,9 +46,9 @@ def static_state(zones_dir=FIXTURES / "zones", generation=1):
 
 @pytest.fixture
 def responder():
-    from filterdns.inventory import Inventory
-    from filterdns.responder import Responder
-    from filterdns.state import StateHolder
+    from filterdns.routing.inventory import Inventory
+    from filterdns.dns.responder import Responder
+    from filterdns.config.state import StateHolder
 
     return Responder(StateHolder(static_state()), Inventory())
 

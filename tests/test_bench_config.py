@@ -45,7 +45,7 @@ class PolicyGeo:
         self.nets = [(ipaddress.ip_network(s), cc) for cc, s in clients]
 
     def locate(self, client):
-        from filterdns.geo import COUNTRIES, UNKNOWN, Location
+        from filterdns.routing.geo import COUNTRIES, UNKNOWN, Location
 
         addr = ipaddress.ip_address(client.address)
         for net, cc in self.nets:
@@ -77,9 +77,9 @@ def _rows():
 @pytest.fixture(scope="module")
 def responder(tmp_path_factory):
     from filterdns.config.build import build_state
-    from filterdns.inventory import Inventory
-    from filterdns.responder import Responder
-    from filterdns.state import StateHolder
+    from filterdns.routing.inventory import Inventory
+    from filterdns.dns.responder import Responder
+    from filterdns.config.state import StateHolder
 
     zones, chains = run.write_config(policy, tmp_path_factory.mktemp("bench"))
     state = build_state(zones, chains, geo=PolicyGeo(policy.CLIENTS))

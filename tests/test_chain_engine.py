@@ -11,11 +11,11 @@ from types import MappingProxyType
 
 import pytest
 
-from filterdns.chain import Candidate, merge_meta
+from filterdns.routing.chain import Candidate, merge_meta
 from filterdns.config.chains import load_chains
-from filterdns.explain import client_from, explain
-from filterdns.geo import GeoDB
-from filterdns.inventory import Inventory, Region, Status
+from filterdns.ops.explain import client_from, explain
+from filterdns.routing.geo import GeoDB
+from filterdns.routing.inventory import Inventory, Region, Status
 from filterdns.model import AAAA, A, Client
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,10 +11,10 @@ from types import MappingProxyType, SimpleNamespace
 
 import pytest
 
-from filterdns.control import ControlServer, MetricsServer, TokenError, load_token, parse_addr
-from filterdns.inventory import Inventory, Region, Service
-from filterdns.metrics import Metrics
-from filterdns.ops import Controller
+from filterdns.ops.api import ControlServer, MetricsServer, TokenError, load_token, parse_addr
+from filterdns.routing.inventory import Inventory, Region, Service
+from filterdns.ops.metrics import Metrics
+from filterdns.ops.controller import Controller
 
 TOKEN = "s3cret-token-0123456789"
 

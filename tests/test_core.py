@@ -139,9 +139,9 @@ def test_compression_is_used(responder):
 
 
 def test_static_answers_identical_with_and_without_cache():
-    from filterdns.inventory import Inventory
-    from filterdns.responder import Responder
-    from filterdns.state import StateHolder
+    from filterdns.routing.inventory import Inventory
+    from filterdns.dns.responder import Responder
+    from filterdns.config.state import StateHolder
     from conftest import static_state
 
     holder = StateHolder(static_state())

@@ -7,11 +7,11 @@ import json
 import socket
 from types import MappingProxyType, SimpleNamespace
 
-from filterdns.drainer import Drainer
-from filterdns.health import CheckSpec, HealthChecker
-from filterdns.inventory import Inventory, Region, Service
-from filterdns.metrics import Metrics
-from filterdns.ops import Controller
+from filterdns.ops.drainer import Drainer
+from filterdns.ops.health import CheckSpec, HealthChecker
+from filterdns.routing.inventory import Inventory, Region, Service
+from filterdns.ops.metrics import Metrics
+from filterdns.ops.controller import Controller
 
 
 def make_state(names=("fra", "ams", "iad")):

@@ -51,11 +51,11 @@ def all_down(inv):
 
 @pytest.mark.parametrize("setup", [None, feeds, drain, all_down], ids=["plain", "shedding", "drained", "all-down"])
 def test_lean_path_equals_full_path(setup, monkeypatch):
-    from filterdns.chain import DynamicRecord
+    from filterdns.routing.chain import DynamicRecord
     from filterdns.config.build import build_state
-    from filterdns.inventory import Inventory
-    from filterdns.responder import Responder
-    from filterdns.state import StateHolder
+    from filterdns.routing.inventory import Inventory
+    from filterdns.dns.responder import Responder
+    from filterdns.config.state import StateHolder
 
     state = build_state(ROOT / "zones", ROOT / "chains")
     inv = Inventory()

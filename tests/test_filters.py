@@ -18,11 +18,11 @@ from types import MappingProxyType
 import pytest
 
 from filterdns.config.chains import load_chains
-from filterdns.filters import REGISTRY
-from filterdns.filters.base import Answer, BuildContext, Context, Option
-from filterdns.filters.geofence_regional import georegion
-from filterdns.geo import COUNTRIES, Location
-from filterdns.inventory import Region, Service
+from filterdns.routing.filters import REGISTRY
+from filterdns.routing.filters.base import Answer, BuildContext, Context, Option
+from filterdns.routing.filters.geofence_regional import georegion
+from filterdns.routing.geo import COUNTRIES, Location
+from filterdns.routing.inventory import Region, Service
 from filterdns.model import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,7 +303,7 @@ EXPECTED_FILTERS = ["up", "shed_load", "geotarget_country", "geotarget_latlong",
 def test_registry_names_match_modules():
     assert sorted(REGISTRY) == sorted(EXPECTED_FILTERS)
     for name, cls in REGISTRY.items():
-        assert cls.__module__ == f"filterdns.filters.{name}"
+        assert cls.__module__ == f"filterdns.routing.filters.{name}"
 
 
 @pytest.mark.parametrize("name,reads,prefix,rand", [
@@ -327,7 +327,7 @@ def _example(doc: str) -> str:
 
 @pytest.mark.parametrize("name", EXPECTED_FILTERS)
 def test_docstring_is_the_manual(tmp_path, name):
-    mod = importlib.import_module(f"filterdns.filters.{name}")
+    mod = importlib.import_module(f"filterdns.routing.filters.{name}")
     doc = mod.__doc__
     assert doc.startswith(f"``{name}``")
     assert "Options" in doc and "Metadata read" in doc and "Metrics" in doc

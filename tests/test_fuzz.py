@@ -129,9 +129,9 @@ DYN_SEEDS = [
 def bundled_responder():
     from conftest import ROOT
     from filterdns.config.build import build_state
-    from filterdns.inventory import Inventory
-    from filterdns.responder import Responder
-    from filterdns.state import StateHolder
+    from filterdns.routing.inventory import Inventory
+    from filterdns.dns.responder import Responder
+    from filterdns.config.state import StateHolder
 
     return Responder(StateHolder(build_state(ROOT / "zones", ROOT / "chains")), Inventory())
 

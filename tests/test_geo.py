@@ -7,7 +7,7 @@ import time
 import pytest
 
 from filterdns.errors import ConfigError
-from filterdns.geo import (COUNTRIES, CONTINENTS, DEFAULT_DB, GeoDB, Location, great_circle_km,
+from filterdns.routing.geo import (COUNTRIES, CONTINENTS, DEFAULT_DB, GeoDB, Location, great_circle_km,
                            location_from_record)
 from filterdns.model import Client
 

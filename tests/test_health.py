@@ -8,10 +8,10 @@ from types import MappingProxyType, SimpleNamespace
 import pytest
 import yaml
 
-import filterdns.health as health_mod
+import filterdns.ops.health as health_mod
 from filterdns.errors import ConfigError
-from filterdns.health import CheckSpec, HealthChecker, check_against_regions, parse_health_config, probe
-from filterdns.inventory import Inventory, Region, Service
+from filterdns.ops.health import CheckSpec, HealthChecker, check_against_regions, parse_health_config, probe
+from filterdns.routing.inventory import Inventory, Region, Service
 
 
 def test_module_docstring_yaml_example_loads():

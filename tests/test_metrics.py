@@ -8,9 +8,9 @@ from types import MappingProxyType, SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from filterdns import metrics as metrics_mod
-from filterdns.inventory import Inventory, Region, Service
-from filterdns.metrics import BUCKETS, Metrics, merge
+from filterdns.ops import metrics as metrics_mod
+from filterdns.routing.inventory import Inventory, Region, Service
+from filterdns.ops.metrics import BUCKETS, Metrics, merge
 
 
 def samples(m: Metrics) -> dict:

@@ -8,9 +8,9 @@ from types import MappingProxyType, SimpleNamespace
 
 import pytest
 
-from filterdns.inventory import Inventory, Region, Service
-from filterdns.metrics import Metrics
-from filterdns.ops import BadRequest, Controller, NotFound, Refused
+from filterdns.routing.inventory import Inventory, Region, Service
+from filterdns.ops.metrics import Metrics
+from filterdns.ops.controller import BadRequest, Controller, NotFound, Refused
 
 
 def make_state(generation=1, names=("fra", "ams", "iad"), services=("wss", "api")):

@@ -10,10 +10,10 @@ from types import MappingProxyType, SimpleNamespace
 
 import pytest
 
-from filterdns import opscli
-from filterdns.control import ControlServer
-from filterdns.inventory import Inventory, Region, Service
-from filterdns.ops import Controller
+from filterdns.ops import client as opscli
+from filterdns.ops.api import ControlServer
+from filterdns.routing.inventory import Inventory, Region, Service
+from filterdns.ops.controller import Controller
 
 TOKEN = "cli-token-0123456789abcdef"
 

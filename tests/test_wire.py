@@ -12,7 +12,7 @@ import dns.rcode
 import pytest
 
 from conftest import ask
-from filterdns import wire
+from filterdns.dns import wire
 
 
 def raw_query(qname=b"\x04test\x07example\x00", qtype=1, qclass=1, qid=0x1234, flags=0x0100,
@@ -206,7 +206,7 @@ def test_answer_records_in_query_are_skipped(responder):
 
 
 def test_exception_while_answering_is_servfail(responder, monkeypatch):
-    import filterdns.responder as mod
+    import filterdns.dns.responder as mod
 
     def boom(*a, **k):
         raise RuntimeError("injected")

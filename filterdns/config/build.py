@@ -14,9 +14,9 @@ from types import MappingProxyType
 
 from filterdns.errors import ConfigError, Problem
 from filterdns.model import A, AAAA, CNAME
-from filterdns.state import State
-from filterdns.wire import text_to_wire
-from filterdns.zones import ZoneStore, load_zones
+from filterdns.config.state import State
+from filterdns.dns.wire import text_to_wire
+from filterdns.dns.zones import ZoneStore, load_zones
 
 
 def _origins_from_files(zones_dir) -> list[str]:
@@ -27,7 +27,7 @@ def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
                 geoip: str | None = None, *, geo=None, generation: int = 1) -> State:
     """Load and validate everything; return a new ``State`` or raise ``ConfigError``."""
     from filterdns.config.chains import load_chains
-    from filterdns.geo import GeoDB
+    from filterdns.routing.geo import GeoDB
 
     problems: list[Problem] = []
     store: ZoneStore | None = None

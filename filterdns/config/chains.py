@@ -29,16 +29,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from ..chain import FALLBACKS, Candidate, DynamicRecord, Step
-from ..errors import ConfigError, Problem
-from ..filters import REGISTRY
-from ..filters.base import BuildContext, Filter, region_point
-from ..filters.geofence_regional import GEOREGIONS
-from ..geo import CONTINENTS, COUNTRIES
-from ..inventory import Region, Service
-from ..model import AAAA, A
-from . import yamlloc
-from .yamlloc import Loc, LocDict, LocList
+from filterdns.routing.chain import FALLBACKS, Candidate, DynamicRecord, Step
+from filterdns.errors import ConfigError, Problem
+from filterdns.routing.filters import REGISTRY
+from filterdns.routing.filters.base import BuildContext, Filter, region_point
+from filterdns.routing.filters.geofence_regional import GEOREGIONS
+from filterdns.routing.geo import CONTINENTS, COUNTRIES
+from filterdns.routing.inventory import Region, Service
+from filterdns.model import AAAA, A
+from filterdns.config import yamlloc
+from filterdns.config.yamlloc import Loc, LocDict, LocList
 
 TOP_KEYS = ("default_region", "regions", "latency", "chains", "records", "health")
 REGION_KEYS = ("code", "country", "subdivision", "continent", "lat", "lon", "meta", "services")
@@ -131,7 +131,7 @@ class Chains:
     files: tuple[str, ...]
     chains: Mapping[str, tuple[Step, ...]] = field(default_factory=lambda: MappingProxyType({}))
     latency_tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    health: tuple = ()  # filterdns.health.CheckSpec, from the top-level ``health`` section
+    health: tuple = ()  # filterdns.ops.health.CheckSpec, from the top-level ``health`` section
 
 
 _PATH_PART = re.compile(r"\.?([A-Za-z_][\w-]*)|\[(\d+)\]")
@@ -470,10 +470,10 @@ class _Loader:
                       bctx.latency_tables, health)
 
     def _health(self, regions: Mapping[str, Region]) -> tuple:
-        """The ``health`` section: probes per region and service (schema in filterdns.health)."""
+        """The ``health`` section: probes per region and service (schema in filterdns.ops.health)."""
         if self.health_src is None:
             return ()
-        from filterdns.health import check_against_regions, parse_health_config
+        from filterdns.ops.health import check_against_regions, parse_health_config
 
         node, vl = self.health_src
         problems: list[Problem] = []

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError, Problem
+from filterdns.errors import ConfigError, Problem
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,250 @@
+"""Static zone data: RFC 1035 master files loaded with dnspython, pre-rendered for the wire.
+
+One file per zone under the zones directory, named ``<zone>.zone`` (``example.com.zone``).
+Loading happens once per (re)load; per query the core only does dict look-ups here:
+
+* ``ZoneStore.find(qname_lower)`` - the closest enclosing zone (longest suffix), or None.
+* ``Zone.nodes`` - owner (lowercase wire) -> ``Node`` with its RRsets by type.
+* ``Zone.names`` - every name that exists, empty non-terminals included (NODATA, not NXDOMAIN).
+* ``Zone.cuts`` - delegation points (NS below the apex), for referrals.
+
+Record data is rendered to bytes at load time; names inside NS, CNAME, PTR, MX and SOA rdata are
+kept as ``wire.Name`` parts so the renderer can compress them.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.zone
+
+from filterdns.errors import ConfigError, Problem
+from filterdns.model import CNAME, MX, NS, PTR, SOA, SRV
+from filterdns.dns.wire import Name, name_to_text
+
+_COMPRESSIBLE = {NS, CNAME, PTR}
+
+
+@dataclass(slots=True)
+class RRset:
+    rtype: int
+    ttl: int
+    rdatas: tuple  # each bytes, or a tuple of bytes / Name parts
+    targets: tuple[Name, ...] = ()  # names whose addresses belong in the additional section
+
+
+@dataclass(slots=True)
+class Node:
+    name: Name
+    rrsets: dict[int, RRset] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Zone:
+    origin: Name
+    file: str
+    nodes: dict[bytes, Node]
+    names: frozenset[bytes]
+    cuts: frozenset[bytes]
+    soa: RRset
+    neg_ttl: int
+    has_wildcards: bool
+    serial: int
+
+    def soa_record(self):
+        """The SOA for the authority section of a negative answer (TTL = negative TTL)."""
+        return (self.origin, SOA, 1, self.neg_ttl, self.soa.rdatas[0])
+
+
+def _rdata_parts(rd) -> bytes | tuple:
+    t = rd.rdtype
+    if t in _COMPRESSIBLE:
+        return (Name(rd.target.to_wire()),)
+    if t == MX:
+        return (struct.pack("!H", rd.preference), Name(rd.exchange.to_wire()))
+    if t == SOA:
+        return (Name(rd.mname.to_wire()), Name(rd.rname.to_wire()),
+                struct.pack("!IIIII", rd.serial, rd.refresh, rd.retry, rd.expire, rd.minimum))
+    return rd.to_wire()
+
+
+def _targets(rdataset) -> tuple[Name, ...]:
+    t = rdataset.rdtype
+    if t == NS or t == SRV:
+        return tuple(Name(rd.target.to_wire()) for rd in rdataset)
+    if t == MX:
+        return tuple(Name(rd.exchange.to_wire()) for rd in rdataset)
+    return ()
+
+
+def _line_of(path: str, needle: str) -> int | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for no, line in enumerate(f, 1):
+                if needle.lower() in line.lower():
+                    return no
+    except OSError:
+        pass
+    return None
+
+
+def _line_text(path: str, lineno: int) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for no, line in enumerate(f, 1):
+                if no == lineno:
+                    line = " ".join(line.split())
+                    return line if len(line) <= 100 else line[:97] + "..."
+    except OSError:
+        pass
+    return ""
+
+
+def _real_line(path: str, origin_text: str, reported: int) -> int:
+    """dnspython reports an error in record data one line late (after it has read the end of
+    the line); other errors on their own line. If the file up to the line before the reported
+    one already fails, the error is on that line."""
+    if reported <= 1:
+        return reported
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = "".join(line for _, line in zip(range(reported - 1), f))
+        dns.zone.from_text(head, origin=origin_text, relativize=False, check_origin=False)
+    except dns.exception.DNSException:
+        return reported - 1
+    except OSError:
+        return reported
+    return reported
+
+
+def load_zone(path: str, origin_text: str, problems: list[Problem]) -> Zone | None:
+    """Load one master file; append problems (with file:line) and return None on error."""
+    try:
+        z = dns.zone.from_file(path, origin=origin_text, relativize=False, check_origin=True)
+    except dns.exception.SyntaxError as e:
+        # dnspython formats these as "path:line: reason"
+        msg = str(e)
+        prefix = f"{path}:"
+        if msg.startswith(prefix):
+            line, _, reason = msg[len(prefix):].partition(":")
+            lineno = _real_line(path, origin_text, int(line)) if line.isdigit() else None
+            reason = reason.strip()
+            text = _line_text(path, lineno) if lineno else ""
+            if text:
+                reason += f" in: {text}"
+            problems.append(Problem(path, lineno, None, reason))
+        else:
+            problems.append(Problem(path, None, None, msg))
+        return None
+    except dns.zone.NoSOA:
+        problems.append(Problem(path, None, None, f"zone {origin_text} has no SOA record at its apex"))
+        return None
+    except dns.zone.NoNS:
+        problems.append(Problem(path, None, None, f"zone {origin_text} has no NS records at its apex"))
+        return None
+    except (dns.exception.DNSException, OSError, UnicodeError) as e:
+        problems.append(Problem(path, None, None, f"cannot load zone {origin_text}: {e}"))
+        return None
+
+    origin = Name(z.origin.to_wire())
+    nodes: dict[bytes, Node] = {}
+    names: set[bytes] = set()
+    cuts: set[bytes] = set()
+    has_wild = False
+    bad = False
+    for dname, dnode in z.nodes.items():
+        name = Name(dname.to_wire())
+        node = Node(name)
+        for rds in dnode.rdatasets:
+            if rds.rdclass != dns.rdataclass.IN:
+                continue
+            node.rrsets[rds.rdtype] = RRset(rds.rdtype, rds.ttl,
+                                            tuple(_rdata_parts(rd) for rd in rds), _targets(rds))
+        if CNAME in node.rrsets and len(node.rrsets) > 1:
+            others = sorted(dns.rdatatype.to_text(t) for t in node.rrsets if t != CNAME)
+            problems.append(Problem(path, _line_of(path, str(dname.relativize(z.origin))), None,
+                                    f"{dname}: CNAME cannot coexist with other data ({', '.join(others)})"))
+            bad = True
+        if name.lower == origin.lower and CNAME in node.rrsets:
+            problems.append(Problem(path, None, None, f"{dname}: CNAME at the zone apex"))
+            bad = True
+        nodes[name.lower] = node
+        if name.lower[:2] == b"\x01*":
+            has_wild = True
+        if NS in node.rrsets and name.lower != origin.lower:
+            cuts.add(name.lower)
+        # the name and every ancestor up to the origin exist (empty non-terminals)
+        low = name.lower
+        i = 0
+        while len(low) - i >= len(origin.lower):
+            names.add(low[i:])
+            if len(low) - i == len(origin.lower):
+                break
+            i += low[i] + 1
+    if bad:
+        return None
+    soa = nodes[origin.lower].rrsets[SOA]
+    soa_rd = z.find_rdataset(z.origin, dns.rdatatype.SOA)[0]
+    neg_ttl = min(soa.ttl, soa_rd.minimum)
+    return Zone(origin, path, nodes, frozenset(names), frozenset(cuts), soa, neg_ttl, has_wild,
+                soa_rd.serial)
+
+
+class ZoneStore:
+    """All served zones, by lowercase wire origin."""
+
+    __slots__ = ("zones",)
+
+    def __init__(self, zones: dict[bytes, Zone]):
+        self.zones = zones
+
+    def find(self, qname_lower: bytes) -> Zone | None:
+        zones = self.zones
+        i = 0
+        while True:
+            z = zones.get(qname_lower[i:])
+            if z is not None:
+                return z
+            n = qname_lower[i]
+            if n == 0:
+                return None
+            i += n + 1
+
+    def origins(self) -> list[str]:
+        """Zone names as lowercase absolute text ("example.com.")."""
+        return [name_to_text(origin) for origin in self.zones]
+
+
+def load_zones(zones_dir: str | os.PathLike) -> tuple[ZoneStore, tuple[str, ...]]:
+    """Load every ``*.zone`` file of a directory. Raises ConfigError listing every problem."""
+    problems: list[Problem] = []
+    d = Path(zones_dir)
+    if not d.is_dir():
+        raise ConfigError([Problem(str(d), None, None, "zones directory does not exist")])
+    zones: dict[bytes, Zone] = {}
+    files = sorted(str(p) for p in d.glob("*.zone"))
+    if not files:
+        problems.append(Problem(str(d), None, None, "no zone files (*.zone) in the zones directory"))
+    for path in files:
+        origin = os.path.basename(path)[:-len(".zone")].rstrip(".") + "."
+        try:
+            dns.name.from_text(origin)
+        except dns.exception.DNSException as e:
+            problems.append(Problem(path, None, None, f"file name is not a zone name: {e}"))
+            continue
+        z = load_zone(path, origin, problems)
+        if z is not None:
+            if z.origin.lower in zones:
+                problems.append(Problem(path, None, None, f"zone {origin} is loaded twice"))
+            zones[z.origin.lower] = z
+    if problems:
+        raise ConfigError(problems)
+    return ZoneStore(zones), tuple(files)
+

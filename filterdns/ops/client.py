@@ -1,0 +1,317 @@
+"""Operator commands that talk to the control API: status, drain, undrain, reload, feed.
+
+Each ``*_main(args)`` returns the exit status: 0 done (including "already so"), 1 refused or
+failed (safety rule, rejected reload, authentication, server unreachable), 2 usage (bad
+arguments, unknown region or service). ``--json`` prints the API's JSON answer instead of text.
+
+Common options: ``--control ADDR:PORT`` (default ``127.0.0.1:9154`` or ``$FILTERDNS_CONTROL``),
+``--token-file PATH`` (default ``$FILTERDNS_CONTROL_TOKEN``), ``--json``.
+
+Examples::
+
+    filterdns status
+    filterdns drain fra --service wss --reason "LB maintenance, CHG-1234"
+    filterdns drain fra --reason "last one, I know" --force
+    filterdns undrain fra --service wss
+    filterdns reload
+    filterdns feed fra --service wss --loadavg 0.7 --connections 1200
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, TextIO
+
+from filterdns.ops.api import DEFAULT_CONTROL, TOKEN_ENV, TokenError, load_token, parse_addr
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TIMEOUT = 30.0
+
+
+class _Failure(Exception):
+    def __init__(self, code: int, message: str, body: Any = None):
+        super().__init__(message)
+        self.code, self.message, self.body = code, message, body
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    control = getattr(args, "control", None) or os.environ.get("FILTERDNS_CONTROL") or DEFAULT_CONTROL
+    try:
+        host, port = parse_addr(control)
+    except ValueError as e:
+        raise _Failure(EXIT_USAGE, f"--control: {e}") from None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    try:
+        return load_token(getattr(args, "token_file", None))
+    except TokenError as e:
+        raise _Failure(EXIT_USAGE, str(e)) from None
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = None,
+          auth: bool = False) -> dict:
+    """One API call; returns the JSON answer or raises ``_Failure`` with the exit status."""
+    url = _base_url(args) + path
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if auth:
+        token = _token(args)
+        if token is None:
+            raise _Failure(EXIT_USAGE, f"no control token: pass --token-file PATH or set ${TOKEN_ENV}")
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = {"error": raw.decode("utf-8", "replace").strip() or e.reason}
+        code = EXIT_USAGE if e.code in (400, 404) else EXIT_FAILED
+        raise _Failure(code, f"{answer.get('error', e.reason)} (HTTP {e.code})", answer) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise _Failure(EXIT_FAILED, f"cannot reach the control API at {url}: {reason}") from None
+    except ValueError as e:
+        raise _Failure(EXIT_FAILED, f"bad answer from the control API at {url}: {e}") from None
+
+
+def _run(args: argparse.Namespace, fn, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    try:
+        answer = fn()
+    except _Failure as f:
+        if getattr(args, "json", False) and f.body is not None:
+            print(json.dumps(f.body, indent=1, sort_keys=True), file=out)
+        else:
+            print(f"error: {f.message}", file=sys.stderr)
+            if isinstance(f.body, dict):
+                for line in f.body.get("reasons") or f.body.get("problems") or []:
+                    print(f"  {line}", file=sys.stderr)
+        return f.code
+    if getattr(args, "json", False):
+        print(json.dumps(answer, indent=1, sort_keys=True), file=out)
+    return EXIT_OK
+
+
+def _actor() -> str:
+    try:
+        name = getpass.getuser()
+    except Exception:
+        return "cli"
+    clean = "".join(ch for ch in name if ch.isalnum() or ch in "_.@-")[:48]
+    return clean or "cli"
+
+
+def _ago(since: float | None, now: float) -> str:
+    if not since:
+        return "?"
+    s = max(0, int(now - since))
+    if s < 120:
+        return f"{s}s ago"
+    if s < 7200:
+        return f"{s // 60}m ago"
+    if s < 172800:
+        return f"{s // 3600}h ago"
+    return f"{s // 86400}d ago"
+
+
+def _drain_text(d: dict | None, now: float, inherited: bool = False) -> str:
+    if not d:
+        return "-"
+    who = d.get("actor") or d.get("cause") or "?"
+    why = d.get("reason") or "no reason"
+    return f"{'region ' if inherited else ''}drained by {who} {_ago(d.get('since'), now)}: {why}"
+
+
+def _load_text(feeds: dict) -> str:
+    parts = []
+    for key in ("loadavg", "connections", "requests"):
+        if key in feeds:
+            v = feeds[key]
+            parts.append(f"{key}={v:g}" if isinstance(v, (int, float)) else f"{key}={v}")
+    if "up" in feeds:
+        parts.append(f"feed-up={'yes' if feeds['up'] else 'no'}")
+    return " ".join(parts) or "-"
+
+
+def format_status(data: dict, now: float | None = None) -> str:
+    """The ``status`` table: one row per region and service."""
+    now = time.time() if now is None else now
+    rows = [("REGION", "SERVICE", "ADDRS", "HEALTH", "UP", "LOAD", "DRAIN")]
+    for rname, region in data.get("regions", {}).items():
+        services = region.get("services", {})
+        if not services:
+            rows.append((rname, "-", "0", "-", "-", _load_text(region.get("feeds", {})),
+                         _drain_text(region.get("drain"), now)))
+        for sname, svc in services.items():
+            own = svc.get("drain")
+            drain = _drain_text(own, now) if own else _drain_text(region.get("drain"), now, inherited=True)
+            feeds = {**region.get("feeds", {}), **svc.get("feeds", {})}
+            rows.append((rname, sname, str(len(svc.get("v4", [])) + len(svc.get("v6", []))),
+                         svc.get("health", "unknown"), "yes" if svc.get("up") else "NO",
+                         _load_text(feeds), drain))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    lines.insert(0, f"config generation {data.get('config_generation')}, "
+                    f"status generation {data.get('status_generation')}")
+    orphans = data.get("orphans") or []
+    if orphans:
+        lines.append("")
+        lines.append("not in the current config (undrain to remove):")
+        for o in orphans:
+            target = o["region"] + (f"/{o['service']}" if o.get("service") else "")
+            lines.append(f"  {o['kind']} {target}" + (f" by {o.get('actor')}: {o.get('reason') or 'no reason'}"
+                                                      if o["kind"] == "drain" else ""))
+    if data.get("restore_error"):
+        lines.append("")
+        lines.append(f"warning: {data['restore_error']}")
+    return "\n".join(lines)
+
+
+def status_main(args: argparse.Namespace) -> int:
+    """Print regions x services: addresses, health, effective up, load, drain state."""
+    def go():
+        data = _call(args, "GET", "/regions")
+        if not getattr(args, "json", False):
+            print(format_status(data))
+        return data
+    return _run(args, go)
+
+
+def _region_path(region: str, what: str) -> str:
+    return f"/regions/{urllib.parse.quote(region, safe='')}/{what}"
+
+
+def drain_main(args: argparse.Namespace) -> int:
+    """Drain a region (or one service of it); refused for the last serving region without --force."""
+    body = {"service": getattr(args, "service", None), "reason": getattr(args, "reason", None) or "",
+            "force": bool(getattr(args, "force", False)), "actor": _actor()}
+    if not body["reason"].strip():
+        print("error: --reason is required (say why, for the audit log)", file=sys.stderr)
+        return EXIT_USAGE
+
+    def go():
+        answer = _call(args, "POST", _region_path(args.region, "drain"), body, auth=True)
+        if not getattr(args, "json", False):
+            print(answer.get("message", "done") if answer.get("changed", True) else answer.get("message"))
+        return answer
+    return _run(args, go)
+
+
+def undrain_main(args: argparse.Namespace) -> int:
+    """Undrain a region (or one service of it)."""
+    body = {"service": getattr(args, "service", None), "reason": getattr(args, "reason", None) or "",
+            "actor": _actor()}
+
+    def go():
+        answer = _call(args, "DELETE", _region_path(args.region, "drain"), body, auth=True)
+        if not getattr(args, "json", False):
+            print(answer.get("message", "done"))
+        return answer
+    return _run(args, go)
+
+
+def reload_main(args: argparse.Namespace) -> int:
+    """Ask the server to reload its config; prints every reason and exits 1 when rejected."""
+    def go():
+        answer = _call(args, "POST", "/reload", {"actor": _actor()}, auth=True)
+        if not getattr(args, "json", False):
+            print(f"reloaded: now serving generation {answer.get('generation')}")
+            for r in answer.get("reasons") or []:
+                print(f"  {r}")
+        return answer
+    return _run(args, go)
+
+
+def feed_main(args: argparse.Namespace) -> int:
+    """Push data-feed values (up, connections, requests, loadavg) for a region or service."""
+    values: dict[str, Any] = {}
+    up = getattr(args, "up", None)
+    if up is not None:
+        if str(up).lower() not in ("true", "false", "yes", "no", "1", "0"):
+            print(f"error: --up must be true or false, got {up!r}", file=sys.stderr)
+            return EXIT_USAGE
+        values["up"] = str(up).lower() in ("true", "yes", "1")
+    for key in ("connections", "requests", "loadavg"):
+        v = getattr(args, key, None)
+        if v is not None:
+            values[key] = v
+    if not values:
+        print("error: give at least one of --up, --connections, --requests, --loadavg", file=sys.stderr)
+        return EXIT_USAGE
+    body = {"service": getattr(args, "service", None), "values": values}
+
+    def go():
+        answer = _call(args, "POST", _region_path(args.region, "feed"), body, auth=True)
+        if not getattr(args, "json", False):
+            print(f"{answer.get('message', 'done')}: {json.dumps(answer.get('values', {}), sort_keys=True)}")
+        return answer
+    return _run(args, go)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", metavar="ADDR:PORT", default=None,
+                   help=f"control API address (default $FILTERDNS_CONTROL or {DEFAULT_CONTROL})")
+    p.add_argument("--token-file", metavar="PATH", default=None,
+                   help=f"file holding the control token (default ${TOKEN_ENV})")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer (for scripts)")
+
+
+def add_subparsers(subparsers: Any) -> None:
+    """Register status, drain, undrain, reload and feed; each sets ``func`` to its ``*_main``."""
+    p = subparsers.add_parser("status", help="show regions, services, health, drains and load",
+                              description=status_main.__doc__)
+    _common(p)
+    p.set_defaults(func=status_main)
+
+    p = subparsers.add_parser("drain", help="take a region (or one service) out of DNS answers",
+                              description=drain_main.__doc__)
+    p.add_argument("region", help="region name as configured")
+    p.add_argument("--service", help="drain only this service of the region")
+    p.add_argument("--reason", help="why (required; goes to the audit log)")
+    p.add_argument("--force", action="store_true",
+                   help="drain even if it leaves the service with no (or too few) serving regions")
+    _common(p)
+    p.set_defaults(func=drain_main)
+
+    p = subparsers.add_parser("undrain", help="put a drained region (or service) back into DNS answers",
+                              description=undrain_main.__doc__)
+    p.add_argument("region", help="region name")
+    p.add_argument("--service", help="undrain only this service's drain")
+    p.add_argument("--reason", help="why (goes to the audit log)")
+    _common(p)
+    p.set_defaults(func=undrain_main)
+
+    p = subparsers.add_parser("reload", help="reload zones and chains in the running server",
+                              description=reload_main.__doc__)
+    _common(p)
+    p.set_defaults(func=reload_main)
+
+    p = subparsers.add_parser("feed", help="push data-feed values (up, load) for a region or service",
+                              description=feed_main.__doc__)
+    p.add_argument("region", help="region name")
+    p.add_argument("--service", help="feed values for this service instead of the whole region")
+    p.add_argument("--up", metavar="true|false", help="up metadata value")
+    p.add_argument("--connections", type=float, help="current connections")
+    p.add_argument("--requests", type=float, help="current request rate")
+    p.add_argument("--loadavg", type=float, help="load average")
+    _common(p)
+    p.set_defaults(func=feed_main)

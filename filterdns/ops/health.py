@@ -1,0 +1,417 @@
+"""Active health checks per region and service, with anti-flap thresholds.
+
+Each check probes one target every ``interval`` seconds, giving up after ``timeout``:
+
+* ``tcp``: a TCP connect succeeds;
+* ``http`` / ``https``: ``GET path`` answers with a status in ``expect`` (HTTPS verifies the
+  certificate against ``host`` unless ``verify_tls: false``).
+
+Anti-flap: a check goes *down* after ``fall`` consecutive failures and *up* after ``rise``
+consecutive successes; anything in between keeps the current verdict.
+
+Cold start: until a check reaches its first verdict (``rise`` successes or ``fall`` failures),
+it is *unknown*, and unknown counts as up (``Status.overrides`` only marks a service down on an
+explicit ``False``). So a restart never takes regions out of DNS while checks warm up.
+
+Several checks may watch one (region, service); its verdict is down when any of them is down,
+up when all that have a verdict are up, unknown when none has one yet. Verdicts go to
+``Inventory.set_health(region, service, healthy)``; the drain automation (``drainer.py``) listens
+for them there.
+
+YAML (a ``health:`` section of a chains file; see ``SCHEMA`` for every option and default)::
+
+    health:
+      defaults:            # optional; any check option except region/service
+        interval: 5
+        timeout: 2
+        rise: 2
+        fall: 3
+      checks:
+        - region: fra
+          service: wss
+          type: tcp
+          port: 443          # address: omitted = the service's first configured address
+        - region: fra
+          service: api
+          type: https
+          address: 192.0.2.10
+          port: 443
+          path: /healthz
+          host: api.example.com
+          expect: [200, 204]
+
+Metrics: ``filterdns_health_probes_total{region,service,result}`` and, from the inventory,
+``filterdns_region_health{region,service,state}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from filterdns.errors import ConfigError, Problem
+from filterdns.routing.inventory import Inventory
+
+log = logging.getLogger("filterdns.ops.health")
+
+KINDS = ("tcp", "http", "https")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option of a check: type, default (``REQUIRED`` if none), allowed range or choices."""
+
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+
+
+REQUIRED = object()
+
+#: the schema of one check, as data (the loader, the docs and the tests read this table)
+SCHEMA: Mapping[str, Option] = {
+    "region": Option(str, REQUIRED, "configured region name"),
+    "service": Option(str, REQUIRED, "service of that region"),
+    "type": Option(str, "tcp", "probe kind", choices=KINDS),
+    "address": Option(str, None, "IP address to probe; default: the service's first address"),
+    "port": Option(int, REQUIRED, "TCP port", min=1, max=65535),
+    "path": Option(str, "/", "HTTP(S) path to GET"),
+    "host": Option(str, None, "HTTP Host header and TLS server name; default: the address"),
+    "expect": Option((int, list), [200], "HTTP status or list of statuses counting as healthy"),
+    "verify_tls": Option(bool, True, "verify the HTTPS certificate"),
+    "interval": Option((int, float), 5.0, "seconds between probes", min=0.05, max=3600),
+    "timeout": Option((int, float), 2.0, "seconds before a probe fails; <= interval", min=0.01, max=60),
+    "rise": Option(int, 2, "consecutive successes to go up", min=1, max=100),
+    "fall": Option(int, 3, "consecutive failures to go down", min=1, max=100),
+}
+_DEFAULTABLE = frozenset(SCHEMA) - {"region", "service", "address"}
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """One validated health check."""
+
+    region: str
+    service: str
+    type: str = "tcp"
+    address: str | None = None
+    port: int = 0
+    path: str = "/"
+    host: str | None = None
+    expect: tuple[int, ...] = (200,)
+    verify_tls: bool = True
+    interval: float = 5.0
+    timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+
+    @property
+    def name(self) -> str:
+        target = f"{self.address or '<service address>'}:{self.port}"
+        return f"{self.region}/{self.service} {self.type} {target}"
+
+
+def _check_value(key: str, value: Any, where: str, problems: list[str]) -> Any:
+    opt = SCHEMA[key]
+    if isinstance(value, bool) and opt.type is not bool:
+        problems.append(f"{where}: {key} must be {_type_name(opt.type)}, got {value!r}")
+        return None
+    if not isinstance(value, opt.type):
+        problems.append(f"{where}: {key} must be {_type_name(opt.type)}, got {value!r}")
+        return None
+    if opt.choices is not None and value not in opt.choices:
+        problems.append(f"{where}: {key} must be one of {', '.join(opt.choices)}, got {value!r}")
+        return None
+    if opt.min is not None and isinstance(value, (int, float)) and not opt.min <= value <= opt.max:
+        problems.append(f"{where}: {key} must be between {opt.min:g} and {opt.max:g}, got {value!r}")
+        return None
+    if key == "expect":
+        codes = [value] if isinstance(value, int) else value
+        if not codes or not all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes):
+            problems.append(f"{where}: expect must be an HTTP status (100-599) or a non-empty list of them, got {value!r}")
+            return None
+        return tuple(codes)
+    if key == "address":
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            problems.append(f"{where}: address must be an IP address, got {value!r}")
+            return None
+    if key == "path" and not value.startswith("/"):
+        problems.append(f"{where}: path must start with '/', got {value!r}")
+        return None
+    if key in ("interval", "timeout"):
+        return float(value)
+    return value
+
+
+def _type_name(t: type | tuple) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+    if isinstance(t, tuple):
+        return " or ".join(names.get(x, x.__name__) for x in t)
+    return names.get(t, t.__name__)
+
+
+def parse_health_config(node: Any, file: str = "<health>") -> list[CheckSpec]:
+    """Validate a ``health:`` node (plain dicts/lists) into ``CheckSpec``s.
+
+    Every problem is collected, then one ``ConfigError`` lists them all, each with the path to
+    the bad item (``health.checks[2].port``). ``None`` or an empty mapping means no checks.
+    """
+    if node is None:
+        return []
+    problems: list[str] = []
+    if not isinstance(node, Mapping):
+        raise ConfigError([Problem(file, None, None, "health: must be a mapping with 'checks' (and optional 'defaults')")])
+    for key in sorted(set(node) - {"defaults", "checks"}):
+        problems.append(f"health.{key}: unknown key (expected 'defaults' and 'checks')")
+    defaults: dict[str, Any] = {}
+    dnode = node.get("defaults") or {}
+    if not isinstance(dnode, Mapping):
+        problems.append("health.defaults: must be a mapping")
+        dnode = {}
+    for key, value in dnode.items():
+        if key not in _DEFAULTABLE:
+            problems.append(f"health.defaults.{key}: not an option that can have a default "
+                            f"(options: {', '.join(sorted(_DEFAULTABLE))})")
+            continue
+        v = _check_value(key, value, "health.defaults", problems)
+        if v is not None:
+            defaults[key] = v
+    checks = node.get("checks") or []
+    if not isinstance(checks, list):
+        problems.append("health.checks: must be a list of checks")
+        checks = []
+    specs: list[CheckSpec] = []
+    seen: set = set()
+    for i, check in enumerate(checks):
+        where = f"health.checks[{i}]"
+        if not isinstance(check, Mapping):
+            problems.append(f"{where}: must be a mapping")
+            continue
+        before = len(problems)
+        values: dict[str, Any] = {}
+        for key in check:
+            if key not in SCHEMA:
+                problems.append(f"{where}.{key}: unknown option (options: {', '.join(SCHEMA)})")
+        for key, opt in SCHEMA.items():
+            if key in check:
+                v = _check_value(key, check[key], where, problems)
+                if v is not None:
+                    values[key] = v
+            elif key in defaults:
+                values[key] = defaults[key]
+            elif opt.default is REQUIRED:
+                problems.append(f"{where}: {key} is required")
+            elif key == "expect":
+                values[key] = tuple(opt.default)
+            else:
+                values[key] = opt.default
+        if len(problems) > before:
+            continue
+        if values["timeout"] > values["interval"]:
+            problems.append(f"{where}: timeout ({values['timeout']:g}) must not exceed interval ({values['interval']:g})")
+            continue
+        if values["type"] == "tcp" and any(k in check for k in ("path", "host", "expect", "verify_tls")):
+            problems.append(f"{where}: path, host, expect and verify_tls apply to http/https checks only")
+            continue
+        spec = CheckSpec(**values)
+        key = (spec.region, spec.service, spec.type, spec.address, spec.port, spec.path)
+        if key in seen:
+            problems.append(f"{where}: duplicate of an earlier check ({spec.name})")
+            continue
+        seen.add(key)
+        specs.append(spec)
+    if problems:
+        raise ConfigError([Problem(file, None, None, p) for p in problems])
+    return specs
+
+
+def check_against_regions(specs: list[CheckSpec], regions: Mapping[str, Any], file: str = "<health>") -> list[Problem]:
+    """Cross-check specs against the configured regions (unknown region/service, no address)."""
+    problems = []
+    for i, s in enumerate(specs):
+        where = f"health.checks[{i}]"
+        region = regions.get(s.region)
+        if region is None:
+            problems.append(Problem(file, None, None, f"{where}: unknown region {s.region!r}"))
+        elif s.service not in region.services:
+            problems.append(Problem(file, None, None, f"{where}: region {s.region} has no service {s.service!r}"))
+        elif s.address is None and not (region.services[s.service].v4 or region.services[s.service].v6):
+            problems.append(Problem(file, None, None, f"{where}: no address given and {s.region}/{s.service} has none"))
+    return problems
+
+
+async def probe(spec: CheckSpec, address: str) -> tuple[bool, str]:
+    """Run one probe; (healthy, short detail). Never raises except on cancellation."""
+    try:
+        return await asyncio.wait_for(_probe(spec, address), spec.timeout)
+    except asyncio.TimeoutError:
+        return False, f"timeout after {spec.timeout:g}s"
+    except (OSError, ssl.SSLError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+        return False, f"{type(e).__name__}: {e}"
+
+
+async def _probe(spec: CheckSpec, address: str) -> tuple[bool, str]:
+    ctx = None
+    if spec.type == "https":
+        ctx = ssl.create_default_context()
+        if not spec.verify_tls:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection(
+        address, spec.port, ssl=ctx, server_hostname=(spec.host or address) if ctx else None, limit=8192)
+    try:
+        if spec.type == "tcp":
+            return True, "connected"
+        host = spec.host or (f"[{address}]" if ":" in address else address)
+        writer.write(f"GET {spec.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: filterdns-health\r\n"
+                     f"Accept: */*\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        await writer.drain()
+        line = await reader.readline()
+        parts = line.decode("latin-1").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            return False, f"not an HTTP response: {line[:40]!r}"
+        code = int(parts[1])
+        return code in spec.expect, f"HTTP {code}"
+    finally:
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), 0.5)
+        except (Exception, asyncio.CancelledError):
+            pass
+
+
+class _CheckState:
+    """Anti-flap counters of one check."""
+
+    __slots__ = ("spec", "verdict", "successes", "failures", "last_detail")
+
+    def __init__(self, spec: CheckSpec):
+        self.spec = spec
+        self.verdict: bool | None = None  # cold start: unknown, counts as up
+        self.successes = 0
+        self.failures = 0
+        self.last_detail = ""
+
+    def record(self, ok: bool) -> bool:
+        """Count one result; returns whether the verdict changed."""
+        if ok:
+            self.successes += 1
+            self.failures = 0
+            if self.verdict is not True and self.successes >= self.spec.rise:
+                self.verdict = True
+                return True
+        else:
+            self.failures += 1
+            self.successes = 0
+            if self.verdict is not False and self.failures >= self.spec.fall:
+                self.verdict = False
+                return True
+        return False
+
+
+class HealthChecker:
+    """Runs every check as a task; ``start()`` (needs a running loop) and ``await stop()``.
+
+    ``get_state`` (optional) supplies the configured regions, used when a check has no
+    ``address``. ``probe_fn`` can replace the network probe in tests.
+    """
+
+    def __init__(self, specs: list[CheckSpec], inventory: Inventory, get_state: Callable[[], Any] | None = None,
+                 metrics: Any = None, probe_fn: Callable[[CheckSpec, str], Any] = probe, jitter: bool = True):
+        self.inventory = inventory
+        self.get_state = get_state
+        self.metrics = metrics
+        self.probe_fn = probe_fn
+        self.jitter = jitter
+        self.checks = [_CheckState(s) for s in specs]
+        self._tasks: list[asyncio.Task] = []
+        self._pending: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self._tasks:
+            return
+        for c in self.checks:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._run(c), name=f"health {c.spec.name}"))
+        log.info("started %d health check(s)", len(self.checks))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def replace(self, specs: list[CheckSpec]) -> None:
+        """Swap in new checks after a reload; verdicts of checks no longer present are forgotten."""
+        running = bool(self._tasks)
+        await self.stop()
+        old = {(c.spec.region, c.spec.service) for c in self.checks}
+        kept = {c.spec: c for c in self.checks}  # unchanged checks keep their counters and verdict
+        self.checks = [kept.get(s) or _CheckState(s) for s in specs]
+        for region, service in old - {(c.spec.region, c.spec.service) for c in self.checks}:
+            self.inventory.set_health(region, service, None)
+        if running:
+            self.start()
+
+    def on_state_swap(self, old: Any, new: Any) -> None:
+        """``StateHolder.subscribe`` listener: apply ``new.health`` when it differs (needs a loop)."""
+        if tuple(getattr(old, "health", ())) != tuple(getattr(new, "health", ())):
+            task = asyncio.get_running_loop().create_task(self.replace(list(getattr(new, "health", ()))))
+            self._pending = task  # keep a reference until it is done
+
+    def _address(self, spec: CheckSpec) -> str | None:
+        if spec.address:
+            return spec.address
+        state = self.get_state() if self.get_state else None
+        region = (getattr(state, "regions", None) or {}).get(spec.region)
+        svc = region.services.get(spec.service) if region else None
+        if svc is None:
+            return None
+        return (svc.v4 or svc.v6 or (None,))[0]
+
+    async def _run(self, check: _CheckState) -> None:
+        spec = check.spec
+        if self.jitter:
+            await asyncio.sleep(random.uniform(0, min(spec.interval, 1.0)))
+        while True:  # runs until stop() cancels it
+            await self.run_once(check)
+            await asyncio.sleep(spec.interval)
+
+    async def run_once(self, check: _CheckState) -> None:
+        """One probe of one check and its consequences (verdict, inventory, metrics)."""
+        spec = check.spec
+        address = self._address(spec)
+        if address is None:
+            ok, detail = False, "no address configured for this service"
+        else:
+            ok, detail = await self.probe_fn(spec, address)
+        check.last_detail = detail
+        if self.metrics is not None:
+            self.metrics.health_probe(spec.region, spec.service, ok)
+        if check.record(ok):
+            log.warning("health %s: %s (%s)", spec.name, "UP" if check.verdict else "DOWN", detail)
+            self._publish(spec.region, spec.service)
+
+    def _publish(self, region: str, service: str) -> None:
+        verdicts = [c.verdict for c in self.checks if (c.spec.region, c.spec.service) == (region, service)]
+        if any(v is False for v in verdicts):
+            healthy: bool | None = False
+        elif any(v is True for v in verdicts):
+            healthy = True
+        else:
+            healthy = None
+        self.inventory.set_health(region, service, healthy)
+
+    def describe(self) -> list[dict]:
+        """Current verdict and counters of every check (for logs and debugging)."""
+        return [{"check": c.spec.name, "verdict": c.verdict, "successes": c.successes,
+                 "failures": c.failures, "detail": c.last_detail} for c in self.checks]

@@ -1,0 +1,431 @@
+"""Every ``filterdns_*`` Prometheus metric, in one module.
+
+The hot path (one call per query from the transports) counts in plain Python ints and dicts;
+nothing touches prometheus-client until a scrape, when ``_Collector`` turns a ``snapshot()``
+into metric families. Measured on the development machine (Python 3.11, prometheus-client
+0.26.0, 2 vCPUs; ``python -m filterdns.ops.metrics`` reruns it)::
+
+    Counter.labels("udp", "A", "NOERROR").inc()    ~970-1000 ns per call
+    bound child .inc() (labels bound once)         ~230-250 ns per call
+    Histogram.observe()                            ~500-1270 ns per call
+    dict[key] = dict.get(key, 0) + 1               ~60 ns per call
+    prometheus per query (counter + ECS counter + histogram, with .labels())   ~3.6 µs
+    Metrics.query(...) (the same work, plain ints: 2 dict increments, bisect)  ~0.3 µs
+
+So counting in plain ints is about 10x cheaper per query than prometheus-client objects, and
+takes no lock. (The machine is shared; figures varied by ~2x between runs, ratios did not.)
+
+Metric names (labels in braces; every label set is bounded by code or by config)::
+
+    filterdns_queries_total{transport,qtype,rcode}       qtype lumped (see QTYPES), rcode by name
+    filterdns_ecs_queries_total{transport}
+    filterdns_ecs_formerr_total
+    filterdns_request_duration_seconds{transport}        histogram of processing time
+    filterdns_malformed_total{transport,reason}          reason in MALFORMED_REASONS
+    filterdns_truncated_total
+    filterdns_servfail_exceptions_total                  SERVFAIL because of an exception
+    filterdns_answers_total{record,region}               record: configured dynamic record
+    filterdns_filter_removed_total{filter}
+    filterdns_tcp_connections                            gauge
+    filterdns_tcp_refused_total
+    filterdns_config_generation                          gauge
+    filterdns_config_last_reload_success_timestamp_seconds
+    filterdns_reloads_total{result}                      result: success | failure
+    filterdns_drains_total{cause}, filterdns_undrains_total{cause}
+    filterdns_drain_refused_total{cause}                 refused by the safety rule
+    filterdns_health_probes_total{region,service,result}
+    -- collected at scrape time from the config State and the Inventory --
+    filterdns_inventory_generation
+    filterdns_region_up{region,service}                  effective up (drain, health, feeds)
+    filterdns_region_drained{region,service}
+    filterdns_region_health{region,service,state}        state: up | down | unknown (1 = current)
+    filterdns_region_feed{region,service,key}            service "" for region-level feed values
+    filterdns_drains_orphaned                            drains of regions/services not in config
+
+Multi-worker aggregation: ``snapshot()`` returns plain, picklable data and ``merge()`` adds
+snapshots together; with ``serve --workers N`` the supervisor renders ``/metrics`` through
+``merged_renderer`` over the workers' latest snapshots (see filterdns.serve.workers).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from typing import Any, Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+#: qtype number -> label; anything else is "other"
+QTYPES: Mapping[int, str] = {
+    1: "A", 28: "AAAA", 6: "SOA", 2: "NS", 5: "CNAME", 15: "MX", 16: "TXT", 255: "ANY",
+    33: "SRV", 12: "PTR", 257: "CAA", 43: "DS", 48: "DNSKEY", 65: "HTTPS", 64: "SVCB",
+    252: "AXFR", 251: "IXFR",
+}
+#: rcode number -> label (RFC 6895 registry, 0-10 and BADVERS); anything else is "other"
+RCODES: Mapping[int, str] = {
+    0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED",
+    6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH", 10: "NOTZONE", 16: "BADVERS",
+}
+TRANSPORTS = ("udp", "tcp")
+MALFORMED_REASONS = frozenset({"short", "formerr", "qr_set", "other"})
+#: upper bounds (seconds) of the processing-time histogram; +Inf is implicit
+BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
+DRAIN_CAUSES = frozenset({"operator", "health"})
+
+
+def _add(d: dict, key: Any, n: int | float = 1) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+class Metrics:
+    """Counters for one process. Cheap to call; exported on scrape.
+
+    ``Metrics()`` makes a fresh instance with its own registry (tests); the module-level
+    ``metrics`` is the one the server uses. ``bind(get_state, inventory)`` names where the
+    per-region gauges come from at scrape time.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._get_state: Callable[[], Any] | None = None
+        self._inventory: Any = None
+        self.reset()
+        self.registry.register(_Collector(self))
+
+    def reset(self) -> None:
+        """Forget every count (tests)."""
+        self._queries: dict[tuple[str, str, str], int] = {}
+        self._ecs: dict[str, int] = {}
+        # transport -> [bucket counts..., +Inf count] (not cumulative) and sum of seconds
+        self._hist: dict[str, list[int]] = {t: [0] * (len(BUCKETS) + 1) for t in TRANSPORTS}
+        self._hist_sum: dict[str, float] = {t: 0.0 for t in TRANSPORTS}
+        self._malformed: dict[tuple[str, str], int] = {}
+        self._answers: dict[tuple[str, str], int] = {}
+        self._removed: dict[str, int] = {}
+        self._drains: dict[tuple[str, str], int] = {}  # (action, cause)
+        self._probes: dict[tuple[str, str, str], int] = {}
+        self._reloads: dict[str, int] = {}
+        self._scalars: dict[str, float] = {
+            "ecs_formerr": 0, "truncated": 0, "servfail_exception": 0, "tcp_connections": 0,
+            "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
+        }
+
+    def bind(self, get_state: Callable[[], Any] | None, inventory: Any) -> None:
+        """Where scrape-time region gauges come from (config ``State`` and ``Inventory``)."""
+        self._get_state = get_state
+        self._inventory = inventory
+
+    # -- hot path (transports) -------------------------------------------------------------
+    def query(self, transport: str, qtype: int, rcode: int, ecs: bool, seconds: float) -> None:
+        """One answered query: its transport, qtype, rcode, ECS use and processing time."""
+        key = (transport, QTYPES.get(qtype, "other"), RCODES.get(rcode, "other"))
+        q = self._queries
+        q[key] = q.get(key, 0) + 1
+        if ecs:
+            self._ecs[transport] = self._ecs.get(transport, 0) + 1
+        hist = self._hist.get(transport)
+        if hist is None:
+            hist = self._hist[transport] = [0] * (len(BUCKETS) + 1)
+            self._hist_sum[transport] = 0.0
+        hist[bisect_left(BUCKETS, seconds)] += 1
+        self._hist_sum[transport] += seconds
+
+    def malformed(self, transport: str, reason: str) -> None:
+        """A packet that got no normal answer; reason in ``MALFORMED_REASONS``."""
+        if reason not in MALFORMED_REASONS:
+            reason = "other"
+        _add(self._malformed, (transport, reason))
+
+    def ecs_formerr(self) -> None:
+        self._scalars["ecs_formerr"] += 1
+
+    def truncated(self) -> None:
+        self._scalars["truncated"] += 1
+
+    def servfail_exception(self) -> None:
+        self._scalars["servfail_exception"] += 1
+
+    def answer(self, record: str, regions: tuple[str, ...]) -> None:
+        """One answer for a configured dynamic record, by region ("none" when empty)."""
+        a = self._answers
+        if not regions:
+            _add(a, (record, "none"))
+        for region in regions:
+            key = (record, region)
+            a[key] = a.get(key, 0) + 1
+
+    def filter_removed(self, removed: tuple[tuple[str, int], ...]) -> None:
+        r = self._removed
+        for name, count in removed:
+            if count:
+                r[name] = r.get(name, 0) + count
+
+    def tcp_connections(self, delta: int) -> None:
+        self._scalars["tcp_connections"] += delta
+
+    def tcp_refused(self) -> None:
+        self._scalars["tcp_refused"] += 1
+
+    # -- operations (control, reload, health, drainer) ------------------------------------------
+    def reload_result(self, ok: bool, generation: int, when: float) -> None:
+        """A reload attempt; on success the generation and time become current."""
+        _add(self._reloads, "success" if ok else "failure")
+        if ok:
+            self._scalars["config_generation"] = generation
+            self._scalars["last_reload_success"] = when
+
+    def config_loaded(self, generation: int, when: float) -> None:
+        """The initial load at start-up (not counted as a reload)."""
+        self._scalars["config_generation"] = generation
+        self._scalars["last_reload_success"] = when
+
+    def drain_action(self, action: str, cause: str) -> None:
+        """action: "drain" | "undrain" | "refused"; cause: "operator" | "health"."""
+        if cause not in DRAIN_CAUSES:
+            cause = "other"
+        _add(self._drains, (action, cause))
+
+    def health_probe(self, region: str, service: str, ok: bool) -> None:
+        _add(self._probes, (region, service, "success" if ok else "failure"))
+
+    # -- export ---------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Plain copy of every counter (picklable; merge with ``merge``)."""
+        return {
+            "queries": dict(self._queries),
+            "ecs": dict(self._ecs),
+            "hist": {t: list(v) for t, v in self._hist.items()},
+            "hist_sum": dict(self._hist_sum),
+            "malformed": dict(self._malformed),
+            "answers": dict(self._answers),
+            "removed": dict(self._removed),
+            "drains": dict(self._drains),
+            "probes": dict(self._probes),
+            "reloads": dict(self._reloads),
+            "scalars": dict(self._scalars),
+        }
+
+    def render(self) -> bytes:
+        """Text exposition of this instance's registry."""
+        return generate_latest(self.registry)
+
+    def _regions(self) -> tuple[Any, Any]:
+        """(config State, inventory Status) for the scrape-time gauges; either may be None."""
+        state = self._get_state() if self._get_state else None
+        status = getattr(self._inventory, "status", None)
+        return state, status
+
+
+#: scalars that are gauges (kept, not summed... except open TCP connections which do add up)
+_MAX_SCALARS = frozenset({"config_generation", "last_reload_success"})
+
+
+def merge(snapshots: Iterable[dict]) -> dict:
+    """Add snapshots of several workers together (generation and reload time: the maximum)."""
+    out: dict = {}
+    for snap in snapshots:
+        for name, value in snap.items():
+            acc = out.setdefault(name, {})
+            for k, v in value.items():
+                if name == "hist":
+                    cur = acc.get(k)
+                    acc[k] = list(v) if cur is None else [a + b for a, b in zip(cur, v)]
+                elif name == "scalars" and k in _MAX_SCALARS:
+                    acc[k] = max(acc.get(k, 0), v)
+                else:
+                    acc[k] = acc.get(k, 0) + v
+    return out
+
+
+def _counter(name: str, doc: str, labels: list[str], values: Mapping) -> CounterMetricFamily:
+    """A labelled counter family from {label value or tuple of them: count}, sorted by labels."""
+    f = CounterMetricFamily(name, doc, labels=labels)
+    for key, v in sorted(values.items()):
+        f.add_metric(list(key) if isinstance(key, tuple) else [key], v)
+    return f
+
+
+class _Collector(Collector):
+    """Turns a snapshot (and the bound State/Inventory) into metric families on scrape."""
+
+    def __init__(self, metrics: Metrics, snapshot_fn: Callable[[], dict] | None = None):
+        self._m = metrics
+        self._snapshot_fn = snapshot_fn or metrics.snapshot
+
+    def collect(self):
+        s = self._snapshot_fn()
+        sc = s["scalars"]
+
+        yield _counter("filterdns_queries", "Queries answered, by transport, qtype and rcode.", ["transport", "qtype", "rcode"], s["queries"])
+
+        yield _counter("filterdns_ecs_queries", "Queries carrying an EDNS Client Subnet option.", ["transport"], s["ecs"])
+
+        yield CounterMetricFamily("filterdns_ecs_formerr", "Queries with an invalid ECS option (FORMERR).",
+                                  value=sc["ecs_formerr"])
+
+        h = HistogramMetricFamily("filterdns_request_duration_seconds",
+                                  "Processing time from parsed query to rendered answer.",
+                                  labels=["transport"])
+        for t, counts in sorted(s["hist"].items()):
+            cum, buckets = 0, []
+            for bound, c in zip(BUCKETS, counts):
+                cum += c
+                buckets.append((repr(bound), cum))
+            cum += counts[-1]
+            buckets.append(("+Inf", cum))
+            h.add_metric([t], buckets, s["hist_sum"].get(t, 0.0))
+        yield h
+
+        yield _counter("filterdns_malformed", "Packets that could not be answered normally.", ["transport", "reason"], s["malformed"])
+
+        yield CounterMetricFamily("filterdns_truncated", "Answers truncated (TC set) to fit UDP.",
+                                  value=sc["truncated"])
+        yield CounterMetricFamily("filterdns_servfail_exceptions",
+                                  "SERVFAIL answers caused by an unexpected exception.",
+                                  value=sc["servfail_exception"])
+
+        yield _counter("filterdns_answers", "Answers for dynamic records, by record and region.", ["record", "region"], s["answers"])
+
+        yield _counter("filterdns_filter_removed", "Candidate answers removed, by filter.", ["filter"], s["removed"])
+
+        yield GaugeMetricFamily("filterdns_tcp_connections", "Open TCP client connections.",
+                                value=sc["tcp_connections"])
+        yield CounterMetricFamily("filterdns_tcp_refused", "TCP connections refused (limit reached).",
+                                  value=sc["tcp_refused"])
+        yield GaugeMetricFamily("filterdns_config_generation", "Generation of the config being served.",
+                                value=sc["config_generation"])
+        yield GaugeMetricFamily("filterdns_config_last_reload_success_timestamp_seconds",
+                                "Unix time of the last successful config load.",
+                                value=sc["last_reload_success"])
+
+        f = CounterMetricFamily("filterdns_reloads", "Reload attempts, by result.", labels=["result"])
+        for result in ("success", "failure"):
+            f.add_metric([result], s["reloads"].get(result, 0))
+        yield f
+
+        for action, name, doc in (
+            ("drain", "filterdns_drains", "Drains applied, by cause."),
+            ("undrain", "filterdns_undrains", "Undrains applied, by cause."),
+            ("refused", "filterdns_drain_refused", "Drains refused by the safety rule, by cause."),
+        ):
+            f = CounterMetricFamily(name, doc, labels=["cause"])
+            for cause in sorted(DRAIN_CAUSES):
+                f.add_metric([cause], s["drains"].get((action, cause), 0))
+            yield f
+
+        yield _counter("filterdns_health_probes", "Health probes, by region, service and result.", ["region", "service", "result"], s["probes"])
+
+        yield from self._region_families()
+
+    def _region_families(self):
+        state, status = self._m._regions()
+        if status is None:
+            return
+        yield GaugeMetricFamily("filterdns_inventory_generation",
+                                "Generation of the runtime status (drains, health, feeds).",
+                                value=status.generation)
+        up = GaugeMetricFamily("filterdns_region_up", "Effective up of a region's service (1 up).",
+                               labels=["region", "service"])
+        drained = GaugeMetricFamily("filterdns_region_drained", "1 if the region's service is drained.",
+                                    labels=["region", "service"])
+        health = GaugeMetricFamily("filterdns_region_health",
+                                   "Health-check state of a region's service (1 for the current state).",
+                                   labels=["region", "service", "state"])
+        feed = GaugeMetricFamily("filterdns_region_feed",
+                                 "Data-feed values (service \"\" for region level; up as 0/1).",
+                                 labels=["region", "service", "key"])
+        regions = getattr(state, "regions", None) or {}
+        known: set = set()
+        for rname, region in sorted(regions.items()):
+            known.add((rname, None))
+            for sname, svc in sorted(region.services.items()):
+                known.add((rname, sname))
+                answer, region_level = status.overrides(rname, sname)
+                eff = answer.get("up", region_level.get("up", svc.meta.get("up", region.meta.get("up", True))))
+                up.add_metric([rname, sname], 1 if eff else 0)
+                drained.add_metric([rname, sname], 1 if status.drained(rname, sname) else 0)
+                h = status.health.get((rname, sname))
+                cur = "unknown" if h is None else ("up" if h else "down")
+                for st in ("up", "down", "unknown"):
+                    health.add_metric([rname, sname, st], 1 if st == cur else 0)
+        for (rname, sname), values in sorted(status.feeds.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            if (rname, sname) not in known:
+                continue  # region/service no longer configured: reported as orphaned elsewhere
+            for key, v in sorted(values.items()):
+                if isinstance(v, (bool, int, float)) and math.isfinite(float(v)):
+                    feed.add_metric([rname, sname or "", key], float(v))
+        yield up
+        yield drained
+        yield health
+        yield feed
+        orphans = sum(1 for key in status.drains if key not in known)
+        yield GaugeMetricFamily("filterdns_drains_orphaned",
+                                "Drains whose region or service is no longer in the config.",
+                                value=orphans)
+
+
+metrics = Metrics()
+
+
+def merged_renderer(get_state: Callable[[], Any], inventory: Any,
+                    snapshot_fn: Callable[[], dict]) -> Callable[[], bytes]:
+    """A /metrics renderer for counters gathered elsewhere (the sum of worker processes'
+    snapshots), with the per-region gauges read from ``get_state`` and ``inventory``."""
+    gauges = Metrics()
+    gauges.bind(get_state, inventory)
+    registry = CollectorRegistry()
+    registry.register(_Collector(gauges, snapshot_fn=snapshot_fn))
+    return lambda: generate_latest(registry)
+
+
+def render_latest() -> bytes:
+    """Text exposition of the server's metrics (for ``/metrics``)."""
+    return metrics.render()
+
+
+def _bench(n: int = 200_000) -> None:  # pragma: no cover - measurement helper
+    """Print per-call costs: prometheus-client objects versus plain counting."""
+    import timeit
+
+    from prometheus_client import Counter, Histogram
+
+    reg = CollectorRegistry()
+    c = Counter("bench_total", "b", ["transport", "qtype", "rcode"], registry=reg)
+    ecs = Counter("bench_ecs_total", "b", ["transport"], registry=reg)
+    hist = Histogram("bench_seconds", "b", ["transport"], buckets=BUCKETS, registry=reg)
+    child = c.labels("udp", "A", "NOERROR")
+    d: dict = {}
+    key = ("udp", "A", "NOERROR")
+    m = Metrics()
+
+    def dict_inc():
+        d[key] = d.get(key, 0) + 1
+
+    def prom_query():
+        c.labels("udp", "A", "NOERROR").inc()
+        ecs.labels("udp").inc()
+        hist.labels("udp").observe(0.0002)
+
+    rows = [
+        ("Counter.labels(...).inc()", lambda: c.labels("udp", "A", "NOERROR").inc()),
+        ("bound child .inc()", child.inc),
+        ("Histogram.observe()", lambda: hist.labels("udp").observe(0.0002)),
+        ("dict increment", dict_inc),
+        ("prometheus per query (counter+ecs+histogram)", prom_query),
+        ("Metrics.query(...)", lambda: m.query("udp", 1, 0, True, 0.0002)),
+    ]
+    for name, fn in rows:
+        best = min(timeit.repeat(fn, number=n, repeat=3)) / n
+        print(f"{name:48s} {best * 1e9:8.0f} ns")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _bench()

@@ -1,0 +1,83 @@
+"""Starts the pieces around the core for a running server: the operator Controller (durable
+drains and feed values, audit log, safety rule), the control API, the metrics endpoint, health
+checks and the Edge PoP Drain automation. Kept apart from server.py so the DNS path can be
+started (and tested) alone."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("filterdns")
+
+
+class WiringError(Exception):
+    """A bad operator setting (token file, state directory) found at start-up."""
+
+
+def build_controller(server):
+    """The Controller for this server; restores drains and feed values from the state dir."""
+    from filterdns.ops.controller import Controller
+
+    o = server.opts
+    state_dir = Path(o.state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WiringError(f"--state-dir {state_dir}: {e}") from None
+    kw = {}
+    if o.max_drain_share is not None:
+        kw["max_drain_share"] = o.max_drain_share
+    controller = Controller(lambda: server.holder.state, server.inventory, server.reload_state,
+                            state_dir, ready=lambda: server.listeners_open, metrics=server.metrics, **kw)
+    if controller.restore():
+        st = server.inventory.status
+        log.info("restored %d drain(s) and %d feed value set(s) from %s", len(st.drains),
+                 len(st.feeds), controller.state_path)
+    return controller
+
+
+async def start(server) -> None:
+    from filterdns.ops.api import ControlServer, MetricsServer, TokenError, load_token
+    from filterdns.ops.drainer import Drainer
+    from filterdns.ops.health import HealthChecker
+
+    o = server.opts
+    m = server.metrics
+    m.bind(lambda: server.holder.state, server.inventory)
+    m.config_loaded(server.holder.state.generation, server.holder.state.loaded_at)
+    render = m.render if server.render_metrics is None else server.render_metrics
+
+    if o.control is not None:
+        try:
+            token = load_token(o.control_token_file)
+        except TokenError as e:
+            raise WiringError(str(e)) from None
+        control = ControlServer(server.controller, o.control[0], o.control[1], token=token,
+                                render_metrics=render)
+        await control.start()
+        server.add_aux("control API", control.stop)
+        host, port = control.address
+        log.info("control API on http://%s:%d (%s)", host, port,
+                 "mutating calls need the bearer token" if token else
+                 "read-only: no token configured, mutating calls are refused")
+    if o.metrics is not None:
+        msrv = MetricsServer(o.metrics[0], o.metrics[1], render=render)
+        await msrv.start()
+        server.add_aux("metrics endpoint", msrv.stop)
+        host, port = msrv.address
+        log.info("metrics on http://%s:%d/metrics", host, port)
+    if o.health and server.holder.state.health:
+        checker = HealthChecker(list(server.holder.state.health), server.inventory,
+                                get_state=lambda: server.holder.state, metrics=m)
+        server.holder.subscribe(checker.on_state_swap)
+        checker.start()
+        server.add_aux("health checks", checker.stop)
+        drainer = Drainer(server.controller)
+        drainer.start()
+
+        async def stop_drainer():
+            drainer.stop()
+
+        server.add_aux("drain automation", stop_drainer)
+        log.info("health checks: %d, with automatic drain", len(server.holder.state.health))

@@ -1,0 +1,317 @@
+"""Dynamic records and chain evaluation.
+
+A ``DynamicRecord`` is built once by the chains loader (``filterdns.config.chains``) with its
+filter instances, the regions that have its service and their pre-packed addresses. Per query,
+``resolve`` only looks things up:
+
+1. the client's location (only if some enabled filter reads the client),
+2. the candidate answers: one per region with the record's service, metadata merged with the
+   runtime status (cached per ``Status`` snapshot, so a drain or feed value takes effect on
+   the next query and nothing is rebuilt in between),
+3. each enabled filter in order,
+4. the fallback if the chain left nothing while there were candidates,
+5. every address of every selected region for the family asked.
+
+Metadata precedence (NS1): answer over region over record. Per level, runtime values (drains,
+health, data feeds) override the config. So, lowest first: record ``meta``, region ``meta``,
+runtime region feed, service ``meta``, runtime service feed/drain/health.
+
+ECS scope: 0 when no enabled filter reads the client. Otherwise the geo database's matched
+network length (in the client's family), raised to what a filter needs of the client's own
+address (``sticky``: its mask; ``netfence_prefix``: the whole source prefix), and never above
+the client's prefix (the ECS source prefix; the core caps there too).
+
+Fallback (``fallback:`` on the record), used when the chain leaves no answer while the record
+has candidates: ``all`` (default): the candidates as they were before the chain, i.e. every
+region with the service; ``default_region``: the default region's answer if it has the
+service (else as ``all``); ``none``: no answer (NODATA).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from filterdns.routing.filters.base import EMPTY, Answer, Context, Filter
+from filterdns.routing.geo import UNKNOWN, GeoDB, Location
+from filterdns.routing.inventory import Region, Status
+from filterdns.model import AAAA, Client
+
+FALLBACKS = ("all", "default_region", "none")
+_MEMO_MAX = 50_000  # memoised chain prefixes per record and status snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One filter of a chain as configured (position is 1-based, as in error messages)."""
+
+    position: int
+    filter: Filter
+    disabled: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.filter.name
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStep:
+    """What one filter did to one query (for ``filterdns explain``)."""
+
+    position: int
+    filter: str  # filter name, or "fallback"
+    options: str
+    disabled: bool
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    notes: tuple[tuple[str, str], ...]  # (answer or "*", reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """The outcome of one chain run."""
+
+    addresses: tuple[bytes, ...]
+    scope: int
+    regions: tuple[str, ...]
+    removed: tuple[tuple[str, int], ...]
+    trace: tuple | None = None
+    location: Location | None = None
+    fallback: bool = False
+    #: the same query from the same client gets this very answer until the status changes
+    #: (no filter drew on the RNG): callers may reuse what they rendered from it
+    fixed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A region's endpoint group for one record, as configured (packed once at load)."""
+
+    region: Region
+    v4: tuple[bytes, ...]
+    v6: tuple[bytes, ...]
+    meta: Mapping[str, Any]  # service-level config meta
+
+
+def merge_meta(record_meta: Mapping[str, Any], c: Candidate, status: Status, service: str) -> Mapping[str, Any]:
+    """Metadata of one answer with NS1 precedence (see module docstring)."""
+    answer_rt, region_rt = status.overrides(c.region.name, service)
+    m = dict(record_meta)
+    m.update(c.region.meta)
+    m.update(region_rt)
+    m.update(c.meta)
+    m.update(answer_rt)
+    return MappingProxyType(m)
+
+
+@dataclass(frozen=True, eq=False)
+class DynamicRecord:
+    """A name answered by running its service's regions through a filter chain."""
+
+    name: str
+    zone: str
+    service: str
+    types: frozenset[int]
+    ttl: int
+    ecs: bool
+    chain_name: str
+    reads_client: bool
+    steps: tuple[Step, ...]
+    candidates: tuple[Candidate, ...]
+    fallback: str = "all"
+    meta: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    default_region: str | None = None
+    default_origin: tuple[float, float] | None = None
+    file: str = ""
+    line: int = 0
+    _cell: list = field(default_factory=lambda: [None, ()], repr=False, compare=False)
+
+    @property
+    def filters(self) -> tuple[Filter, ...]:
+        """Enabled filters, in order."""
+        return tuple(s.filter for s in self.steps if not s.disabled)
+
+    @property
+    def random(self) -> bool:
+        """Whether any enabled filter uses the RNG."""
+        return any(f.random for f in self.filters)
+
+    def answers(self, status: Status) -> tuple[Answer, ...]:
+        """The candidate answers merged with ``status`` (cached per snapshot)."""
+        cell = self._cell
+        if cell[0] is status:
+            return cell[1]
+        out = tuple(
+            Answer(c.region.name, c.region, c.v4, c.v6, merge_meta(self.meta, c, status, self.service))
+            for c in self.candidates
+        )
+        cell[0], cell[1] = status, out
+        return out
+
+    def scope_for(self, client: Client, location: Location) -> int:
+        """The ECS scope prefix length of an answer to ``client`` (see module docstring)."""
+        if not self.reads_client:
+            return 0
+        scope = location.prefix_len
+        for f in self._prefix_filters:
+            need = f.prefix_needed(client)
+            if need > scope:
+                scope = need
+        return min(scope, client.prefix)
+
+    def __post_init__(self) -> None:
+        enabled = tuple(s for s in self.steps if not s.disabled)
+        object.__setattr__(self, "_enabled", enabled)
+        object.__setattr__(self, "_prefix_filters", tuple(s.filter for s in enabled if s.filter.needs_prefix))
+        filters = tuple(s.filter for s in enabled)
+        object.__setattr__(self, "_filters", filters)
+        # filters that read more of the client than its location make the address part of the key
+        object.__setattr__(self, "_key_has_address", any(f.needs_prefix for f in filters))
+        object.__setattr__(self, "_memo", [None, {}])
+
+    def resolve(
+        self,
+        qtype: int,
+        client: Client,
+        geo: GeoDB,
+        regions: Mapping[str, Region] | None,
+        status: Status,
+        rng: random.Random,
+        trace: bool = False,
+    ) -> Resolution:
+        """Run the chain for one query. ``regions`` is accepted for interface stability; the
+        record was bound to its State's regions when it was built.
+
+        Without ``trace`` the deterministic part of the chain (the filters before the first one
+        that would draw on the RNG for this input, see ``Filter.random_for``) is memoised per
+        (location key, client prefix, status snapshot): a drain, feed value or health change is
+        a new ``Status`` and empties the memo. Only the filters from the first random one on run
+        per query; a chain with none is answered from the memo outright. ``_resolve_full`` is the
+        reference the memoised path is tested against.
+        """
+        if trace:
+            return self._resolve_full(qtype, client, geo, status, rng, True)
+        loc = geo.locate(client) if self.reads_client else UNKNOWN
+        memo = self._memo
+        if memo[0] is not status:
+            memo[0] = status
+            memo[1] = {}
+        table = memo[1]
+        key = (loc.key, loc.prefix_len, client.prefix, client.address) if self._key_has_address \
+            else (loc.key, loc.prefix_len, client.prefix)
+        hit = table.get(key)
+        if hit is None:
+            hit = self._memo_entry(client, loc, status, rng)
+            if len(table) >= _MEMO_MAX:
+                table.clear()
+            table[key] = hit
+        start, cur, removed, scope, origin, tail, done = hit
+        if not tail:
+            res = done.get(qtype)
+            if res is None:
+                res = done[qtype] = self._finish(qtype, start, cur, removed, scope, True)
+            return res
+        ctx = Context(client, loc, rng, origin, False)
+        more = list(removed)
+        for f in tail:
+            out = f.apply(cur, ctx)
+            if len(out) < len(cur):
+                more.append((f.name, len(cur) - len(out)))
+            cur = out
+        return self._finish(qtype, start, cur, tuple(more), scope)
+
+    def _memo_entry(self, client: Client, loc: Location, status: Status, rng: random.Random) -> tuple:
+        """Run the filters that do not draw on the RNG for this input; keep the rest as the tail."""
+        start = self.answers(status)
+        origin = (loc.lat, loc.lon) if loc.lat is not None else self.default_origin
+        ctx = Context(client, loc, rng, origin, False)
+        cur = start
+        removed: list[tuple[str, int]] = []
+        filters = self._filters
+        i = 0
+        while i < len(filters):
+            f = filters[i]
+            if f.random_for(cur):
+                break
+            out = f.apply(cur, ctx)
+            if len(out) < len(cur):
+                removed.append((f.name, len(cur) - len(out)))
+            cur = out
+            i += 1
+        return (start, cur, tuple(removed), self.scope_for(client, loc), origin, filters[i:], {})
+
+    def _finish(self, qtype: int, start, cur, removed, scope, fixed: bool = False) -> Resolution:
+        used_fallback = False
+        if not cur and start:
+            used_fallback = True
+            cur = self._fallback(start)
+        if qtype == AAAA:
+            addrs = tuple(x for a in cur for x in a.v6)
+        else:
+            addrs = tuple(x for a in cur for x in a.v4)
+        return Resolution(addrs, scope, tuple(a.name for a in cur), removed, None, None, used_fallback,
+                          fixed)
+
+    def _resolve_full(self, qtype: int, client: Client, geo: GeoDB, status: Status,
+                      rng: random.Random, trace: bool) -> Resolution:
+        """Every filter, every time (explain, and the reference for the memoised path)."""
+        loc = geo.locate(client) if self.reads_client else UNKNOWN
+        start = self.answers(status)
+        origin = (loc.lat, loc.lon) if loc.lat is not None else self.default_origin
+        ctx = Context(client, loc, rng, origin, trace)
+        cur = start
+        removed: list[tuple[str, int]] = []
+        steps: list[TraceStep] | None = [] if trace else None
+        for step in (self.steps if trace else self._enabled):  # type: ignore[attr-defined]
+            f = step.filter
+            if step.disabled:
+                steps.append(TraceStep(step.position, f.name, _opts(f), True, _n(cur), _n(cur), ()))
+                continue
+            out = f.apply(cur, ctx)
+            if len(out) < len(cur):
+                removed.append((f.name, len(cur) - len(out)))
+            if trace:
+                steps.append(TraceStep(step.position, f.name, _opts(f), False, _n(cur), _n(out),
+                                       tuple(ctx.notes)))
+                ctx.notes.clear()
+            cur = out
+        used_fallback = False
+        if not cur and start:
+            used_fallback = True
+            before = cur
+            cur = self._fallback(start)
+            if trace:
+                steps.append(TraceStep(len(self.steps) + 1, "fallback", self.fallback, False, _n(before),
+                                       _n(cur), (("*", f"chain left no answer: fallback {self.fallback}"),)))
+        if qtype == AAAA:
+            addrs = tuple(x for a in cur for x in a.v6)
+        else:
+            addrs = tuple(x for a in cur for x in a.v4)
+        return Resolution(
+            addrs,
+            self.scope_for(client, loc),
+            tuple(a.name for a in cur),
+            tuple(removed),
+            tuple(steps) if trace else None,
+            loc if trace else None,
+            used_fallback,
+        )
+
+    def _fallback(self, start: tuple[Answer, ...]) -> tuple[Answer, ...]:
+        if self.fallback == "none":
+            return ()
+        if self.fallback == "default_region":
+            for a in start:
+                if a.name == self.default_region:
+                    return (a,)
+        return start
+
+
+def _n(answers: tuple[Answer, ...]) -> tuple[str, ...]:
+    return tuple(a.name for a in answers)
+
+
+def _opts(f: Filter) -> str:
+    return ", ".join(f"{k}={v}" for k, v in f.options.items())

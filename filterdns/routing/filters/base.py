@@ -1,0 +1,260 @@
+"""What every filter shares: the answer value, the per-query context, the option schema.
+
+A filter is a class with a ``name``, an ``OPTIONS`` schema (option, type, default, range: data,
+not code), and ``apply(answers, ctx) -> answers``. It is built once from validated options when
+the configuration is loaded; ``apply`` never mutates its input (answers are tuples of frozen
+``Answer`` values), does no I/O, and reports why it removed an answer through ``ctx.note`` (a
+no-op unless the query is traced for ``filterdns explain``).
+
+Class attributes the chain engine reads:
+
+* ``reads_client``: the filter's output depends on the client's location (or address), so
+  the ECS scope must cover it. ``needs_prefix``: it depends on the client's own address bits
+  (``sticky``, ``netfence_prefix``), so the scope is raised to ``prefix_needed(client)``.
+* ``random``: the output depends on the RNG (``shuffle``, ``weighted_shuffle``, ``shed_load``);
+  everything else is a pure function of (answers, location, status) and may be cached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, Iterable, Mapping
+
+from filterdns.routing.geo import COUNTRIES, Location, great_circle_km
+from filterdns.routing.inventory import Region
+from filterdns.model import Client
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One candidate answer: a region's endpoint group for the record's service.
+
+    ``meta`` is the merged metadata (answer over region over record, runtime values over
+    config at each level). ``v4``/``v6`` are packed addresses. ``lat``/``lon`` always set
+    (the region's own coordinates, else its country's centroid).
+    """
+
+    name: str
+    region: Region
+    v4: tuple[bytes, ...]
+    v6: tuple[bytes, ...]
+    meta: Mapping[str, Any]
+
+    def __repr__(self) -> str:
+        return f"Answer({self.name})"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option of a filter: name, type, default and allowed range (schema as data).
+
+    Types: ``int``, ``float``, ``bool``, ``str``, ``choice`` (one of ``choices``),
+    ``str_list`` (list of strings, a single string is accepted), ``mapping``.
+    """
+
+    name: str
+    type: str
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+    def coerce(self, value: Any) -> tuple[Any, str | None]:
+        """Return (value, None) when valid, else (None, reason)."""
+        t = self.type
+        original = value
+        if t == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return None, f"{self.name} must be an integer{self._range()}, got {value!r}"
+        elif t == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return None, f"{self.name} must be a number{self._range()}, got {value!r}"
+            value = float(value)
+        elif t == "bool":
+            if not isinstance(value, bool):
+                return None, f"{self.name} must be true or false, got {value!r}"
+            return value, None
+        elif t == "str":
+            if not isinstance(value, str) or not value:
+                return None, f"{self.name} must be a non-empty string, got {value!r}"
+            return value, None
+        elif t == "choice":
+            if value not in self.choices:
+                return None, f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+            return value, None
+        elif t == "str_list":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                return None, f"{self.name} must be a list of strings, got {value!r}"
+            return tuple(value), None
+        elif t == "mapping":
+            if not isinstance(value, dict):
+                return None, f"{self.name} must be a mapping, got {value!r}"
+            return value, None
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            kind = "an integer" if t == "int" else "a number"
+            return None, f"{self.name} must be {kind}{self._range()}, got {original!r}"
+        return value, None
+
+    def _range(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f" in {self.min:g}..{self.max:g}"
+        if self.min is not None:
+            return f" >= {self.min:g}"
+        if self.max is not None:
+            return f" <= {self.max:g}"
+        return ""
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a filter may look at when it is built (never per query)."""
+
+    regions: Mapping[str, Region]
+    default_region: str | None = None
+    latency_tables: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=lambda: EMPTY)
+
+
+class Context:
+    """Per-query inputs of a chain run. ``notes`` collects reasons only when tracing."""
+
+    __slots__ = ("client", "location", "rng", "origin", "trace", "notes")
+
+    def __init__(self, client: Client, location: Location, rng: Any, origin: tuple[float, float] | None,
+                 trace: bool = False):
+        self.client = client
+        self.location = location
+        self.rng = rng
+        #: the point distances are measured from: the client's coordinates, else the default
+        #: region's (so an unknown client gets the default region first), else None
+        self.origin = origin
+        self.trace = trace
+        self.notes: list[tuple[str, str]] = []
+
+    def note(self, answer: str, reason: str) -> None:
+        if self.trace:
+            self.notes.append((answer, reason))
+
+
+class Filter:
+    """Base class. Subclasses set ``name``, ``OPTIONS`` and implement ``apply``."""
+
+    name: ClassVar[str] = ""
+    OPTIONS: ClassVar[tuple[Option, ...]] = ()
+    reads_client: ClassVar[bool] = False
+    needs_prefix: ClassVar[bool] = False
+    random: ClassVar[bool] = False
+
+    def __init__(self, options: Mapping[str, Any], build: BuildContext):
+        self.options = MappingProxyType(dict(options))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {o.name: o.default for o in cls.OPTIONS}
+
+    @classmethod
+    def check(cls, options: Mapping[str, Any], build: BuildContext) -> list[tuple[str | None, str]]:
+        """Cross-field checks after each option passed its own: [(option or None, message)]."""
+        return []
+
+    def prefix_needed(self, client: Client) -> int:
+        """Client prefix bits this filter's result depends on (only if ``needs_prefix``)."""
+        return client.prefix
+
+    def apply(self, answers: tuple[Answer, ...], ctx: Context) -> tuple[Answer, ...]:
+        raise NotImplementedError
+
+    def random_for(self, answers: tuple[Answer, ...]) -> bool:
+        """Whether ``apply`` on these answers would use the RNG. The chain memoises every filter
+        up to the first one for which this is true; override when randomness depends on the
+        input (``shed_load`` only draws for answers between the watermarks)."""
+        return self.random
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{self.name}({opts})"
+
+
+# -- helpers shared by several filters ---------------------------------------------------------
+
+def as_float(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def as_codes(v: Any) -> frozenset[str] | None:
+    """A metadata value that lists codes: a string or a list of strings (upper-cased)."""
+    if isinstance(v, str):
+        return frozenset({v.upper()})
+    if isinstance(v, (list, tuple, frozenset, set)):
+        return frozenset(str(x).upper() for x in v)
+    return None
+
+
+_NET_CACHE: dict[Any, tuple] = {}
+
+
+def as_networks(v: Any) -> tuple:
+    """Parse an ``ip_prefixes`` metadata value (cached per distinct value)."""
+    key = v if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple)) else None
+    if key is None:
+        return ()
+    nets = _NET_CACHE.get(key)
+    if nets is None:
+        items = (key,) if isinstance(key, str) else key
+        out = []
+        for s in items:
+            try:
+                out.append(ipaddress.ip_network(str(s), strict=False))
+            except ValueError:
+                continue
+        nets = tuple(out)
+        if len(_NET_CACHE) > 4096:
+            _NET_CACHE.clear()
+        _NET_CACHE[key] = nets
+    return nets
+
+
+def region_point(region: Region) -> tuple[float, float] | None:
+    if region.lat is not None and region.lon is not None:
+        return region.lat, region.lon
+    c = COUNTRIES.get(region.country or "")
+    return (c.lat, c.lon) if c else None
+
+
+def distance_from(origin: tuple[float, float] | None, region: Region) -> float:
+    """Great-circle km from ``origin`` to the region (inf when either is unknown)."""
+    p = region_point(region)
+    if origin is None or p is None:
+        return float("inf")
+    return great_circle_km(origin[0], origin[1], p[0], p[1])
+
+
+class KeyCache:
+    """A bounded dict of per-location sort keys (location key → {region: key})."""
+
+    __slots__ = ("_d", "_max")
+
+    def __init__(self, max_entries: int = 4096):
+        self._d: dict = {}
+        self._max = max_entries
+
+    def get(self, key: Any) -> Any:
+        return self._d.get(key)
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self._d) >= self._max:
+            self._d.clear()
+        self._d[key] = value
+        return value
+
+
+def names(answers: Iterable[Answer]) -> tuple[str, ...]:
+    return tuple(a.name for a in answers)

@@ -1,1 +1,0 @@
-"""DNS transports: UDP and TCP listeners on asyncio (uvloop when installed)."""
