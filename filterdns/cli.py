@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args) -> int:
-    from filterdns.serve.server import ServeOptions, parse_hostport, run
+    from filterdns.app import run
+    from filterdns.serve.address import parse_hostport
+    from filterdns.serve.options import ServeOptions
 
     try:
         listen = [parse_hostport(x) for x in (args.listen or [DEFAULT_LISTEN])]
@@ -106,8 +108,19 @@ def _serve(args) -> int:
 
 
 def _check(args) -> int:
-    from filterdns.ops.explain import check_main
-    return check_main(args)
+    """``filterdns check``: the start-up build; every problem and exit 1, or a summary and exit 0."""
+    from filterdns.config.build import build_state
+    from filterdns.errors import ConfigError
+
+    try:
+        state = build_state(args.zones, args.chains, args.geoip)
+    except ConfigError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"ok: {state.summary}")
+    return 0
 
 
 def _explain(args) -> int:

@@ -11,7 +11,7 @@ from types import MappingProxyType, SimpleNamespace
 
 import pytest
 
-from filterdns.ops.api import ControlServer, MetricsServer, TokenError, load_token, parse_addr
+from filterdns.ops.api import ControlServer, MetricsServer, TokenError, load_token
 from filterdns.routing.inventory import Inventory, Region, Service
 from filterdns.ops.metrics import Metrics
 from filterdns.ops.controller import Controller
@@ -269,19 +269,3 @@ def test_load_token(tmp_path):
         load_token(f, env={})
     with pytest.raises(TokenError, match="cannot read"):
         load_token(tmp_path / "missing", env={})
-
-
-@pytest.mark.parametrize("text,expected", [
-    ("127.0.0.1:9154", ("127.0.0.1", 9154)),
-    ("[::1]:53", ("::1", 53)),
-    ("localhost:0", ("localhost", 0)),
-    ("127.0.0.1", None),
-    (":9154", None),
-    ("127.0.0.1:99999", None),
-])
-def test_parse_addr(text, expected):
-    if expected is None:
-        with pytest.raises(ValueError):
-            parse_addr(text)
-    else:
-        assert parse_addr(text) == expected

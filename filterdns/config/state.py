@@ -7,7 +7,12 @@ in flight keeps the state it started with and nothing is ever half-applied.
 
 from __future__ import annotations
 
+import copyreg
+import hashlib
+import io
+import pickle
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 
@@ -44,3 +49,62 @@ class StateHolder:
         for fn in list(self._listeners):
             fn(old, new)
         return old
+
+
+# ---------------------------------------------------------------- one built State, many processes
+#
+# A reload is built once (by the supervisor) and the very same State is handed to every worker
+# process, so no worker ever re-reads the files: ``pack`` turns a State into bytes, ``unpack``
+# back. Read-only mappings travel as plain dicts and are frozen again on arrival; the geo
+# database is not copied (it is not picklable, and it is the same across reloads): it travels
+# as a reference that each process resolves to the database it already holds.
+
+_GEO_REF = "filterdns-geo"
+
+
+def _frozen(d: dict) -> Mapping:
+    return MappingProxyType(d)
+
+
+class _Pickler(pickle.Pickler):
+    dispatch_table = {**copyreg.dispatch_table, MappingProxyType: lambda m: (_frozen, (dict(m),))}
+
+    def __init__(self, file, geo):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._geo = geo
+
+    def persistent_id(self, obj):
+        return _GEO_REF if obj is not None and obj is self._geo else None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, geo):
+        super().__init__(file)
+        self._geo = geo
+
+    def persistent_load(self, pid):
+        if pid != _GEO_REF:
+            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+        if self._geo is None:
+            raise pickle.UnpicklingError("this State refers to a geo database; none is loaded here")
+        return self._geo
+
+
+def pack(state: State) -> bytes:
+    """The bytes of ``state`` (its geo database by reference); ``unpack`` reverses it."""
+    buf = io.BytesIO()
+    _Pickler(buf, state.geo).dump(state)
+    return buf.getvalue()
+
+
+def unpack(blob: bytes, geo: Any) -> State:
+    """The State packed by ``pack``, bound to this process's copy of the geo database."""
+    state = _Unpickler(io.BytesIO(blob), geo).load()
+    if not isinstance(state, State):
+        raise pickle.UnpicklingError(f"not a State: {type(state).__name__}")
+    return state
+
+
+def digest(blob: bytes) -> str:
+    """Content hash of a packed State: proves that two processes hold the same input."""
+    return hashlib.sha256(blob).hexdigest()[:16]

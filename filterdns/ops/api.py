@@ -91,17 +91,6 @@ def load_token(token_file: str | os.PathLike | None = None, env: dict | None = N
     return token
 
 
-def parse_addr(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9154"`` or ``"[::1]:9154"`` -> (host, port); ValueError when malformed."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected ADDR:PORT (e.g. 127.0.0.1:9154 or [::1]:9154), got {text!r}")
-    return host, int(port)
-
-
 class Request:
     """One parsed HTTP request."""
 

@@ -30,7 +30,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
-from filterdns.ops.api import DEFAULT_CONTROL, TOKEN_ENV, TokenError, load_token, parse_addr
+from filterdns.ops.api import DEFAULT_CONTROL, TOKEN_ENV, TokenError, load_token
+from filterdns.serve.address import format_hostport, parse_hostport
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TIMEOUT = 30.0
@@ -45,12 +46,10 @@ class _Failure(Exception):
 def _base_url(args: argparse.Namespace) -> str:
     control = getattr(args, "control", None) or os.environ.get("FILTERDNS_CONTROL") or DEFAULT_CONTROL
     try:
-        host, port = parse_addr(control)
+        host, port = parse_hostport(control, names=True)
     except ValueError as e:
         raise _Failure(EXIT_USAGE, f"--control: {e}") from None
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"http://{format_hostport(host, port)}"
 
 
 def _token(args: argparse.Namespace) -> str | None:

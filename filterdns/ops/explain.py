@@ -1,4 +1,4 @@
-"""``filterdns explain`` and ``filterdns check``: show how a query is routed; validate config.
+"""``filterdns explain``: show how a query is routed, filter by filter.
 
 ``explain(state, name, qtype, client)`` is pure: it runs the record's chain once with tracing on
 (a fixed-seed RNG, so random filters show one sample outcome) and formats the trace: the client's
@@ -7,9 +7,9 @@ location (country, coordinates, matched prefix), each filter's input → output 
 the final addresses and the ECS scope. Runtime status defaults to the configuration alone (no
 drains, no feed values); pass a ``Status`` to explain a live situation.
 
-``check_main`` / ``explain_main`` are the CLI entry points (wired in ``filterdns.cli``); both
-build the full ``State`` with ``filterdns.config.build.build_state``, the same function start-up
-and reload use.
+``explain_main`` is the CLI entry point (wired in ``filterdns.cli``); it builds the full
+``State`` with ``filterdns.config.build.build_state``, the same function start-up, reload and
+``filterdns check`` use.
 """
 
 from __future__ import annotations
@@ -166,29 +166,19 @@ def _build(args: Any):
     return build_state(args.zones, args.chains, getattr(args, "geoip", None))
 
 
-def check_main(args: Any) -> int:
-    """``filterdns check``: print every problem and exit 1, or a one-line summary and exit 0."""
-    try:
-        state = _build(args)
-    except ConfigError as e:
-        for p in e.problems:
-            print(p, file=sys.stderr)
-        print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
-        return 1
-    summary = getattr(state, "summary", "") or (f"{len(state.records)} dynamic record(s), "
-                                               f"{len(state.regions)} region(s)")
-    print(f"ok: {summary}")
-    return 0
-
-
 def _live_status(control: str):
     """The running server's drains, health verdicts and feed values (GET /status)."""
     import json
     import urllib.request
 
     from filterdns.routing.inventory import load_status
+    from filterdns.serve.address import format_hostport, parse_hostport
 
-    with urllib.request.urlopen(f"http://{control}/status", timeout=5) as resp:
+    try:
+        where = format_hostport(*parse_hostport(control, names=True))
+    except ValueError as e:
+        raise OSError(f"--live: {e}") from None
+    with urllib.request.urlopen(f"http://{where}/status", timeout=5) as resp:
         return load_status(json.loads(resp.read()))
 
 

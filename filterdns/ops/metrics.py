@@ -44,7 +44,7 @@ Metric names (labels in braces; every label set is bounded by code or by config)
 
 Multi-worker aggregation: ``snapshot()`` returns plain, picklable data and ``merge()`` adds
 snapshots together; with ``serve --workers N`` the supervisor renders ``/metrics`` through
-``merged_renderer`` over the workers' latest snapshots (see filterdns.serve.workers).
+``merged_renderer`` over the workers' latest snapshots (see filterdns.serve.supervisor).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Starts the pieces around the core for a running server: the operator Controller (durable
 drains and feed values, audit log, safety rule), the control API, the metrics endpoint, health
-checks and the Edge PoP Drain automation. Kept apart from server.py so the DNS path can be
-started (and tested) alone."""
+checks and the Edge PoP Drain automation. ``server`` is a ``filterdns.serve.runtime.Runtime``
+(its ``opts``, ``holder``, ``inventory``, ``metrics``, ``reload``, ``listeners_open``); the
+assembly in ``filterdns.app`` calls this, so the serve layer never imports ops."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def build_controller(server):
     kw = {}
     if o.max_drain_share is not None:
         kw["max_drain_share"] = o.max_drain_share
-    controller = Controller(lambda: server.holder.state, server.inventory, server.reload_state,
+    controller = Controller(lambda: server.holder.state, server.inventory, server.reload,
                             state_dir, ready=lambda: server.listeners_open, metrics=server.metrics, **kw)
     if controller.restore():
         st = server.inventory.status

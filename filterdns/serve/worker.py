@@ -1,0 +1,185 @@
+"""A worker process (``serve --workers N``): answers DNS on the sockets its supervisor bound,
+with the config and inventory its supervisor sends. It never reads the config files.
+
+Start-up: the worker waits on its channel (``filterdns.serve.channel``) for the State the
+supervisor is serving (``install``) and the inventory (``status``), and only then opens its
+listeners and says ``ready``: no query is answered without the current config and drains.
+A reload arrives in two phases: ``prepare`` (unpack the State aside, check its digest, answer
+``prepared``), then ``commit`` (swap it in, answer ``committed``) or ``abort`` (drop it).
+
+Test hooks (for the reload tests, off unless set): ``FILTERDNS_TEST_REFUSE_PREPARE`` (a comma
+list of worker indexes that refuse every ``prepare``) and ``FILTERDNS_TEST_PREPARE_DELAY``
+(seconds a worker waits before answering ``prepare``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from filterdns.config.state import StateHolder, digest, unpack
+from filterdns.dns.responder import Responder
+from filterdns.routing.inventory import Inventory, load_status
+from filterdns.serve import channel
+from filterdns.serve.listeners import DnsListeners
+from filterdns.serve.runtime import install_loop_policy
+
+log = logging.getLogger("filterdns.serve.worker")
+
+SNAPSHOT_INTERVAL = 1.0
+
+
+def _refuses(index: int) -> bool:
+    hook = os.environ.get("FILTERDNS_TEST_REFUSE_PREPARE", "")
+    return str(index) in {x.strip() for x in hook.split(",") if x.strip()}
+
+
+class Worker:
+    def __init__(self, fd: int, args: dict):
+        from filterdns.ops.metrics import Metrics  # this process's own counters (the top of it)
+
+        self.index = args["index"]
+        self.args = args
+        self.metrics = Metrics()
+        self.fd = fd
+        self.geo = None
+        if args.get("geo_fd") is not None:
+            self.geo = channel.open_shared_geo(args["geo_fd"], args.get("geo_path") or "geo")
+        self.holder: StateHolder | None = None
+        self.inventory: Inventory | None = None
+        self.staged: dict[int, tuple] = {}  # seq -> (State, digest)
+        self.digest = ""
+        self.stop = asyncio.Event()
+
+    def _unpack(self, msg: dict):
+        blob = msg["blob"]
+        got = digest(blob)
+        if got != msg["digest"]:
+            raise ValueError(f"digest {got} differs from the supervisor's {msg['digest']}")
+        state = unpack(blob, self.geo)
+        if state.generation != msg["generation"]:
+            raise ValueError(f"generation {state.generation}, expected {msg['generation']}")
+        return state, got
+
+    def _install(self, msg: dict) -> None:
+        state, self.digest = self._unpack(msg)
+        if self.holder is None:
+            self.holder = StateHolder(state)
+        else:
+            self.holder.swap(state)
+
+    async def run(self) -> int:
+        reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=self.fd))
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop.set)
+        # 1. the current config and inventory, before any listener opens
+        status = None
+        try:
+            while self.holder is None or status is None:
+                msg = await channel.read(reader)
+                if msg["op"] == "install":
+                    self._install(msg)
+                elif msg["op"] == "status":
+                    status = load_status(msg["status"])
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            return 1  # the supervisor is gone before we served anything
+        self.inventory = Inventory(status)
+        # 2. listen, on the sockets the supervisor bound and passed down
+        socks = [(socket.socket(fileno=u), socket.socket(fileno=t)) for u, t in self.args["sockets"]]
+        dns = DnsListeners(Responder(self.holder, self.inventory, self.metrics), self.metrics,
+                           self.args["tcp_max_connections"], self.args["tcp_idle_timeout"])
+        await dns.open(socks)
+        st = self.holder.state
+        channel.write(writer, {"op": "ready", "pid": os.getpid(), "generation": st.generation,
+                               "digest": self.digest})
+        await writer.drain()
+        tasks = [asyncio.create_task(self._push_metrics(writer)),
+                 asyncio.create_task(self._commands(reader, writer))]
+        await self.stop.wait()
+        try:  # the last counts, so the supervisor's totals keep them
+            channel.write(writer, {"op": "metrics", "snapshot": self.metrics.snapshot()})
+            await asyncio.wait_for(writer.drain(), 1)
+        except Exception:  # noqa: BLE001
+            pass
+        for t in tasks:
+            t.cancel()
+        await dns.close()
+        return 0
+
+    async def _push_metrics(self, writer) -> None:
+        while not self.stop.is_set():
+            channel.write(writer, {"op": "metrics", "snapshot": self.metrics.snapshot()})
+            try:
+                await writer.drain()
+                await asyncio.wait_for(self.stop.wait(), SNAPSHOT_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+            except (ConnectionError, OSError):
+                self.stop.set()
+
+    async def _commands(self, reader, writer) -> None:
+        try:
+            while True:
+                msg = await channel.read(reader)
+                op = msg["op"]
+                if op == "status":
+                    self.inventory.replace(load_status(msg["status"]))
+                elif op == "install":
+                    self._install(msg)
+                    log.info("worker %d: generation %d in service", self.index, self.holder.state.generation)
+                elif op == "prepare":
+                    reply = await self._prepare(msg)
+                    channel.write(writer, reply)
+                elif op == "commit":
+                    state, self.digest = self.staged.pop(msg["seq"])
+                    self.holder.swap(state)
+                    self.staged.clear()
+                    log.info("worker %d: generation %d in service", self.index, state.generation)
+                    channel.write(writer, {"op": "committed", "seq": msg["seq"], "generation": state.generation})
+                elif op == "abort":
+                    self.staged.pop(msg["seq"], None)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass  # the supervisor is gone: stop rather than linger as an orphan
+        except Exception:  # noqa: BLE001 - a broken channel: exit, the supervisor restarts us
+            log.exception("worker %d: bad message from the supervisor", self.index)
+        self.stop.set()
+
+    async def _prepare(self, msg: dict) -> dict:
+        delay = float(os.environ.get("FILTERDNS_TEST_PREPARE_DELAY") or 0)
+        if delay:
+            await asyncio.sleep(delay)
+        reply = {"op": "prepared", "seq": msg["seq"], "ok": False, "reasons": [], "digest": None}
+        if _refuses(self.index):
+            reply["reasons"] = ["refused (FILTERDNS_TEST_REFUSE_PREPARE)"]
+            return reply
+        try:
+            state, got = self._unpack(msg)
+        except Exception as e:  # noqa: BLE001 - refuse, and say why
+            reply["reasons"] = [f"cannot take generation {msg['generation']}: {type(e).__name__}: {e}"]
+            return reply
+        self.staged = {msg["seq"]: (state, got)}
+        reply.update(ok=True, digest=got)
+        return reply
+
+
+def main(fd: int, args: dict) -> int:
+    install_loop_policy()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+
+    async def run() -> int:
+        return await Worker(fd, args).run()
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    import ast
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
+    sys.exit(main(int(sys.argv[1]), ast.literal_eval(sys.argv[2])))
