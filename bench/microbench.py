@@ -3,13 +3,18 @@
 
     PYTHONPATH=. python3 bench/microbench.py [--n 30000]
 
-Prints microseconds per query for typical queries against the bundled config (zones/, chains/).
+Prints microseconds per query for typical queries against the bundled config (zones/, chains/),
+each query repeated (every cache hits), then the many-subnet case: ``--subnets`` distinct
+client /24s in ECS (drawn with a fixed seed from the embedded geo database, inside six
+countries), each sent once ("first": every subnet new to the server) and then once more
+("again"), on a freshly built state. Real resolver traffic looks like the second table.
 The socket-level comparison with gdnsd and PowerDNS is bench/run.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from pathlib import Path
@@ -38,9 +43,61 @@ CASES = [
 ]
 
 
+MANY_COUNTRIES = ("US", "GB", "DE", "JP", "BR", "AU")
+MANY_CASES = [("wss-primary.example.com", "A"), ("api.example.com", "AAAA")]
+
+
+def many_subnets(n: int, seed: int = 11) -> list[str]:
+    """``n`` distinct IPv4 /24 network addresses whose geo location is one of MANY_COUNTRIES."""
+    import maxminddb
+
+    from filterdns.routing.geo import DEFAULT_DB
+
+    reader = maxminddb.open_database(str(DEFAULT_DB))
+    rng = random.Random(seed)
+    seen: set[int] = set()
+    out: list[str] = []
+    while len(out) < n:
+        a = rng.getrandbits(24)
+        if a in seen:
+            continue
+        seen.add(a)
+        ip = f"{a >> 16}.{(a >> 8) & 255}.{a & 255}.0"
+        rec = reader.get(ip)
+        if rec and rec.get("country_code") in MANY_COUNTRIES:
+            out.append(ip)
+    reader.close()
+    return out
+
+
+def run_many(n: int) -> None:
+    subnets = many_subnets(n)
+    print(f"\n{n} distinct client /24s (ECS) in {', '.join(MANY_COUNTRIES)}, each sent once, then again")
+    print(f"{'name':28s} {'type':4s} {'first':>9s} {'again':>9s}  us/query")
+    for name, t in MANY_CASES:
+        wires = []
+        for i, ip in enumerate(subnets):
+            q = dns.message.make_query(name, t, use_edns=0, options=[dns.edns.ECSOption(ip, 24)])
+            q.id = i & 0xFFFF
+            wires.append(q.to_wire())
+        state = build_state(ROOT / "zones", ROOT / "chains")
+        r = Responder(StateHolder(state), Inventory(), Metrics())
+        src = ("127.0.0.1", 1)
+        r.respond(wires[0], src, "udp", 0)
+        figures = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for w in wires:
+                r.respond(w, src, "udp", 0)
+            figures.append((time.perf_counter() - t0) / len(wires) * 1e6)
+        print(f"{name:28s} {t:4s} {figures[0]:9.2f} {figures[1]:9.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=30000, help="queries per case (default %(default)s)")
+    ap.add_argument("--subnets", type=int, default=100_000,
+                    help="distinct client /24s of the many-subnet case, 0 to skip (default %(default)s)")
     args = ap.parse_args()
     state = build_state(ROOT / "zones", ROOT / "chains")
     r = Responder(StateHolder(state), Inventory(), Metrics())
@@ -56,6 +113,8 @@ def main() -> None:
                 r.respond(w, ("127.0.0.1", 1), "udp", 0)
             best = min(best, (time.perf_counter() - t0) / args.n * 1e6)
         print(f"{name:28s} {t:4s} {'ecs' if opts else '-':4s} {best:9.2f}")
+    if args.subnets > 0:
+        run_many(args.subnets)
 
 
 if __name__ == "__main__":
