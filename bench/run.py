@@ -780,7 +780,7 @@ def parse_args(argv=None):
     return a
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # noqa: C901 - the run is one linear sequence of steps, each a call
     args = parse_args(argv)
     kit = find_kit()
     if kit is None:

@@ -74,12 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the running server's drains, health verdicts and feed values, read from "
                         "its control API (default address when given alone: %(const)s)")
 
-    try:
-        from filterdns.ops import client as opscli
-    except ImportError:
-        opscli = None
-    if opscli is not None:
-        opscli.add_subparsers(sub)
+    from filterdns.ops import client as opscli
+
+    opscli.add_subparsers(sub)
     return ap
 
 

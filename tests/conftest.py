@@ -17,6 +17,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+#: true when the run selects exactly the unit tests (``tests/run.sh -m unit``, the quick loop):
+#: the fuzzers then run a tenth of their examples and whole-database scans are skipped; the
+#: full suite (what CI runs) always does everything
+QUICK = False
+
+
+def examples(n: int) -> int:
+    """Hypothesis ``max_examples`` for a fuzz test: ``n`` in the full suite, n/10 in the quick loop."""
+    return max(50, n // 10) if QUICK else n
+
+
+def pytest_configure(config):
+    global QUICK
+    QUICK = (config.getoption("markexpr", "") or "").strip() == "unit"
+
 
 def free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1."""
@@ -129,3 +144,16 @@ def server(tmp_path):
     sp = start_server(tmp_path)
     yield sp
     sp.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test is marked ``unit`` (in-process) or ``e2e`` (starts processes or servers),
+    exactly one of them, so ``tests/run.sh -m unit`` is the quick loop and nothing is missed."""
+    bad = []
+    for item in items:
+        kinds = {m.name for m in item.iter_markers() if m.name in ("unit", "e2e")}
+        if len(kinds) != 1:
+            bad.append(f"{item.nodeid}: marked {sorted(kinds) or 'neither'}")
+    if bad:
+        raise pytest.UsageError("tests must be marked exactly one of @pytest.mark.unit / "
+                                "@pytest.mark.e2e (module pytestmark or per test):\n  " + "\n  ".join(bad))

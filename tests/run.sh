@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install what the tests need, then run them all. CI (.ci/run) calls exactly this.
-#   - Python packages: the project and its [test] extra, in a virtualenv at .venv
+# Install what the tests need, lint, then run the tests. CI (.ci/run) calls exactly this.
+#   - Python packages: the project and its [test] extra (pytest, hypothesis, ruff) in .venv
 #   - dig (Debian's dnsutils) when missing: the end-to-end tests drive the server with it
-# Extra arguments go to pytest (e.g. tests/run.sh -k wire).
+#   - ruff check (rules and complexity limit in pyproject.toml) before pytest: a lint error fails
+# Extra arguments go to pytest (e.g. tests/run.sh -k wire; tests/run.sh -m unit, the quick loop
+# of in-process tests; tests/run.sh -m e2e, the ones that start servers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +21,5 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
+.venv/bin/ruff check --quiet filterdns tests bench
 exec .venv/bin/python -m pytest "$@"

@@ -32,7 +32,8 @@ def _load_run():
 
 run = _load_run()
 KIT = run.find_kit()
-pytestmark = pytest.mark.skipif(KIT is None, reason="the shared bench kit (../shared/bench) is not here")
+pytestmark = [pytest.mark.unit,
+              pytest.mark.skipif(KIT is None, reason="the shared bench kit (../shared/bench) is not here")]
 policy = run.load_policy(KIT) if KIT is not None else None
 
 

@@ -18,6 +18,8 @@ from filterdns.routing.geo import GeoDB
 from filterdns.routing.inventory import Inventory, Region, Status
 from filterdns.model import AAAA, A, Client
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GB24 = Client("81.2.69.0", 4, 24, True)
@@ -44,7 +46,7 @@ def addrs(chains, region, service, qtype=A):
 
 def resolve(chains, geo, name, client, status=None, qtype=A, seed=1, trace=False):
     rec = chains.records[f"{name}.example.com."]
-    return rec.resolve(qtype, client, geo, chains.regions, status or Status(), random.Random(seed), trace)
+    return rec.resolve(qtype, client, geo, status or Status(), random.Random(seed), trace)
 
 
 class _State:
@@ -79,7 +81,7 @@ def test_wss_backup_spreads_over_three_closest(chains, geo):
     rec = chains.records["wss-backup.example.com."]
     rng = random.Random(42)
     st = Status()
-    counts = collections.Counter(rec.resolve(A, GB24, geo, chains.regions, st, rng).regions[0] for _ in range(3000))
+    counts = collections.Counter(rec.resolve(A, GB24, geo, st, rng).regions[0] for _ in range(3000))
     assert set(counts) == {"eu-west-2", "eu-west-1", "eu-central-1"}
     for n in counts.values():
         assert 0.20 * 3000 <= n <= 0.47 * 3000, counts
@@ -154,14 +156,14 @@ records:
 def test_fallback_options(tmp_path, geo, fallback, regions):
     ch = _one_region_chain(tmp_path, fallback)
     rec = ch.records["w.example.com."]
-    res = rec.resolve(A, GB24, geo, ch.regions, Status(), random.Random(1))
+    res = rec.resolve(A, GB24, geo, Status(), random.Random(1))
     assert res.regions == regions and res.fallback
     assert len(res.addresses) == sum({"r1": 1, "r2": 2}[r] for r in regions)
 
 
 def test_aaaa_nodata_when_selected_region_has_no_v6(tmp_path, geo):
     ch = _one_region_chain(tmp_path, "default_region")
-    res = ch.records["w.example.com."].resolve(AAAA, GB24, geo, ch.regions, Status(), random.Random(1))
+    res = ch.records["w.example.com."].resolve(AAAA, GB24, geo, Status(), random.Random(1))
     assert res.regions == ("r2",) and res.addresses == ()
 
 
@@ -197,7 +199,7 @@ records:
         "sticky-16", "netfence", "v6", "v6-capped"])
 def test_ecs_scope(tmp_path, geo, chain, client, scope):
     ch, rec = _scope_chain(tmp_path, chain)
-    assert rec.resolve(A, client, geo, ch.regions, Status(), random.Random(1)).scope == scope
+    assert rec.resolve(A, client, geo, Status(), random.Random(1)).scope == scope
 
 
 # -- metadata precedence ----------------------------------------------------------------------
@@ -271,10 +273,10 @@ def test_client_from(ip, subnet, expected):
 def test_resolve_cost(chains, geo):
     rec = chains.records["wss-primary.example.com."]
     st, rng = Status(), random.Random(1)
-    rec.resolve(A, GB24, geo, chains.regions, st, rng)
+    rec.resolve(A, GB24, geo, st, rng)
     n = 20000
     t = time.perf_counter()
     for _ in range(n):
-        rec.resolve(A, GB24, geo, chains.regions, st, rng)
+        rec.resolve(A, GB24, geo, st, rng)
     per = (time.perf_counter() - t) / n
     assert per < 100e-6, f"{per * 1e6:.1f} us per resolve"

@@ -13,6 +13,8 @@ from filterdns.config.yamlloc import load_text
 from filterdns.errors import ConfigError
 from filterdns.model import AAAA, A
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 BAD = Path(__file__).resolve().parent / "fixtures" / "chains_bad"
 ORIGINS = ["example.com."]

@@ -16,6 +16,8 @@ from filterdns.routing.inventory import Inventory, Region, Service
 from filterdns.ops.metrics import Metrics
 from filterdns.ops.controller import Controller
 
+pytestmark = pytest.mark.e2e
+
 TOKEN = "s3cret-token-0123456789"
 
 

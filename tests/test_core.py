@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ask
 
+pytestmark = pytest.mark.unit
+
 SOA = "test.example. 60 IN SOA ns.test.example. admin.test.example. 7 3600 600 86400 60"
 
 # (id, name, type, rcode, aa, answer lines, authority lines, additional lines)

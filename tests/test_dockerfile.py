@@ -21,6 +21,8 @@ import pytest
 
 from conftest import ROOT, free_port
 
+pytestmark = pytest.mark.e2e
+
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 

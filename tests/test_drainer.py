@@ -7,6 +7,8 @@ import json
 import socket
 from types import MappingProxyType, SimpleNamespace
 
+import pytest
+
 from filterdns.ops.drainer import Drainer
 from filterdns.ops.health import CheckSpec, HealthChecker
 from filterdns.routing.inventory import Inventory, Region, Service
@@ -38,6 +40,7 @@ def audit(tmp_path):
     return [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
 
 
+@pytest.mark.unit
 def test_drain_on_failure_and_undrain_on_recovery(tmp_path):
     async def main():
         c, inv, m, d = setup(tmp_path)
@@ -58,6 +61,7 @@ def test_drain_on_failure_and_undrain_on_recovery(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.unit
 def test_last_region_never_drained_automatically(tmp_path):
     async def main():
         c, inv, m, d = setup(tmp_path)
@@ -81,6 +85,7 @@ def test_last_region_never_drained_automatically(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.unit
 def test_share_limit(tmp_path):
     async def main():
         c, inv, m, d = setup(tmp_path, names=("a", "b", "c", "d"), max_drain_share=0.25)
@@ -92,6 +97,7 @@ def test_share_limit(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.unit
 def test_operator_drain_wins(tmp_path):
     async def main():
         c, inv, m, d = setup(tmp_path)
@@ -118,6 +124,7 @@ def test_operator_drain_wins(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.unit
 def test_forgotten_check_undrains(tmp_path):
     async def main():
         c, inv, m, d = setup(tmp_path)
@@ -131,6 +138,7 @@ def test_forgotten_check_undrains(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.e2e
 def test_end_to_end_with_real_target_and_thresholds(tmp_path):
     """A TCP target on loopback stops -> drained after `fall` probes; starts -> undrained after `rise`."""
     async def main():

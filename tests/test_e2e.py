@@ -20,6 +20,8 @@ import yaml
 
 from conftest import ROOT, start_server
 
+pytestmark = pytest.mark.e2e
+
 GB = "81.2.69.0/24"
 JP = "133.242.0.0/24"
 LONDON_V4 = {"192.0.2.161", "192.0.2.162"}

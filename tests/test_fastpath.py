@@ -14,6 +14,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.unit
+
 SUBNETS = [None, ("81.2.69.0", 24), ("133.242.0.0", 24), ("8.8.8.0", 24), ("200.160.0.0", 24),
            ("117.192.0.0", 24), ("1.128.0.0", 24), ("196.25.1.0", 24), ("2a02:8010::", 56),
            ("2400:4050::", 56), ("81.2.69.0", 16), ("0.0.0.0", 0), ("80.128.0.0", 20)]
@@ -68,7 +70,7 @@ def test_lean_path_equals_full_path(setup, monkeypatch):
     full = Responder(StateHolder(state), inv, rng=random.Random(7), cache=False)
     with monkeypatch.context() as mp:
         mp.setattr(DynamicRecord, "resolve",
-                   lambda self, qtype, client, geo, regions, status, rng, trace=False:
+                   lambda self, qtype, client, geo, status, rng, trace=False:
                    self._resolve_full(qtype, client, geo, status, rng, trace))
         expected = [full.respond(w, src, "udp", 0) for w, src in table]
         expected_tcp = [full.respond(w, src, "tcp", 65535) for w, src in table[:500]]
@@ -76,7 +78,7 @@ def test_lean_path_equals_full_path(setup, monkeypatch):
     lean = Responder(StateHolder(state), inv, rng=random.Random(7), cache=True)
     got = [lean.respond(w, src, "udp", 0) for w, src in table]
     got_tcp = [lean.respond(w, src, "tcp", 65535) for w, src in table[:500]]
-    mismatches = [i for i, (a, b) in enumerate(zip(expected, got)) if a != b]
+    mismatches = [i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b]
     assert not mismatches, (len(mismatches), dns.message.from_wire(table[mismatches[0]][0]).question,
                             expected[mismatches[0]], got[mismatches[0]])
     assert expected_tcp == got_tcp

@@ -25,6 +25,8 @@ from filterdns.routing.geo import COUNTRIES, Location
 from filterdns.routing.inventory import Region, Service
 from filterdns.model import Client
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # name: (country, subdivision, lat, lon)
@@ -369,3 +371,21 @@ def test_option_coerce(opt, value, ok):
 ])
 def test_georegion(loc, region):
     assert georegion(loc) == region
+
+
+def test_registry_refuses_a_duplicate_name():
+    from filterdns.routing.filters import build_registry
+    from filterdns.routing.filters.base import Filter
+    from filterdns.routing.filters.up import Up
+
+    class OtherUp(Filter):
+        name = "up"
+
+    class Nameless(Filter):
+        pass
+
+    assert dict(build_registry(REGISTRY.values())) == dict(REGISTRY)  # the real one has no clash
+    with pytest.raises(ValueError, match=r"filter name 'up' is claimed by both .*Up and .*OtherUp"):
+        build_registry((Up, OtherUp))
+    with pytest.raises(ValueError, match="has no name"):
+        build_registry((Up, Nameless))

@@ -8,10 +8,11 @@ import struct
 
 import dns.edns
 import dns.message
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ask
+from conftest import ask, examples
 
 SEEDS = [
     dns.message.make_query("test.example.", "SOA").to_wire(),
@@ -49,7 +50,8 @@ packets = st.one_of(st.binary(max_size=600), mutated())
 GOOD = dns.message.make_query("test.example.", "SOA")
 
 
-@settings(max_examples=3000, deadline=None,
+@pytest.mark.unit
+@settings(max_examples=examples(3000), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(packets)
 def test_responder_never_raises(responder, packet):
@@ -65,7 +67,8 @@ def test_responder_never_raises(responder, packet):
     assert r.rcode() == 0 and r.answer
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@pytest.mark.e2e
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                     HealthCheck.function_scoped_fixture])
 @given(st.lists(packets, min_size=1, max_size=4))
 def test_live_server_survives_fuzz(live_server, batch):
@@ -78,8 +81,6 @@ def test_live_server_survives_fuzz(live_server, batch):
     except OSError:  # the server may close a connection that sent garbage framing
         live_server["reconnect"]()
 
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,8 @@ def mutated_dynamic(draw):
     return bytes(base)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.unit
+@settings(max_examples=examples(2000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_dynamic())
 def test_dynamic_path_never_raises(bundled_responder, packet):
     out = bundled_responder.respond(packet, ("127.0.0.1", 1), "udp", 0)

@@ -14,6 +14,7 @@ from filterdns.ops.health import CheckSpec, HealthChecker, check_against_regions
 from filterdns.routing.inventory import Inventory, Region, Service
 
 
+@pytest.mark.unit
 def test_module_docstring_yaml_example_loads():
     doc = health_mod.__doc__
     block = doc[doc.index("    health:"):doc.index("Metrics:")]
@@ -24,12 +25,14 @@ def test_module_docstring_yaml_example_loads():
     assert specs[1].expect == (200, 204) and specs[1].host == "api.example.com"
 
 
+@pytest.mark.unit
 def test_defaults_apply():
     [s] = parse_health_config({"checks": [{"region": "r", "service": "s", "port": 80}]}, "f")
     assert s == CheckSpec(region="r", service="s", type="tcp", address=None, port=80, interval=5.0, timeout=2.0,
                           rise=2, fall=3)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("check,message", [
     ({"service": "s", "port": 1}, "health.checks[0]: region is required"),
     ({"region": "r", "service": "s", "port": 0}, "port must be between 1 and 65535, got 0"),
@@ -52,6 +55,7 @@ def test_bad_checks(check, message):
     assert message in str(e.value) and str(e.value).startswith("chains/edge.yaml: ")
 
 
+@pytest.mark.unit
 def test_all_problems_reported_at_once():
     node = {"defaults": {"rise": 0, "region": "x"}, "checks": [{"port": 1}, {"region": "r", "service": "s"}], "x": 1}
     with pytest.raises(ConfigError) as e:
@@ -59,6 +63,7 @@ def test_all_problems_reported_at_once():
     assert len(e.value.problems) == 6  # unknown key, rise, region default, 2 missing in [0], port in [1]
 
 
+@pytest.mark.unit
 def test_duplicates_and_cross_check():
     c = {"region": "fra", "service": "wss", "port": 443}
     with pytest.raises(ConfigError, match="duplicate"):
@@ -70,6 +75,7 @@ def test_duplicates_and_cross_check():
     assert probs == ["health.checks[1]: unknown region 'x'", "health.checks[2]: region fra has no service 'smtp'"]
 
 
+@pytest.mark.unit
 def test_empty_health_section():
     assert parse_health_config(None, "f") == []
     assert parse_health_config({}, "f") == []
@@ -93,6 +99,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 def test_probes():
     async def main():
         srv = await _serve_http(200)
@@ -132,6 +139,7 @@ def _state(port_addr="127.0.0.1"):
     return SimpleNamespace(generation=1, regions={"fra": Region("fra", services=MappingProxyType(svcs))})
 
 
+@pytest.mark.e2e
 def test_thresholds_with_a_real_target_started_and_stopped():
     """fall=3 failures to go down, rise=2 successes to come back; unknown (up) until then."""
     async def main():
@@ -172,6 +180,7 @@ def test_thresholds_with_a_real_target_started_and_stopped():
     asyncio.run(main())
 
 
+@pytest.mark.unit
 def test_flapping_target_does_not_flip_verdict():
     async def main():
         inv = Inventory()
@@ -190,6 +199,7 @@ def test_flapping_target_does_not_flip_verdict():
     asyncio.run(main())
 
 
+@pytest.mark.unit
 def test_several_checks_per_service_and_replace():
     async def main():
         inv = Inventory()
@@ -211,6 +221,7 @@ def test_several_checks_per_service_and_replace():
     asyncio.run(main())
 
 
+@pytest.mark.unit
 def test_missing_address_counts_as_failure():
     async def main():
         inv = Inventory()
@@ -223,6 +234,7 @@ def test_missing_address_counts_as_failure():
     asyncio.run(main())
 
 
+@pytest.mark.unit
 def test_replace_keeps_unchanged_checks_and_follows_state_swaps():
     async def main():
         inv = Inventory()

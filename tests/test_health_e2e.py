@@ -11,6 +11,9 @@ import time
 
 from conftest import ROOT
 from test_ops_e2e import LONDON, gb, ops_server
+import pytest
+
+pytestmark = pytest.mark.e2e
 
 
 def listener(port=0):

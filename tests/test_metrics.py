@@ -12,6 +12,8 @@ from filterdns.ops import metrics as metrics_mod
 from filterdns.routing.inventory import Inventory, Region, Service
 from filterdns.ops.metrics import BUCKETS, Metrics, merge
 
+pytestmark = pytest.mark.unit
+
 
 def samples(m: Metrics) -> dict:
     out = {}
@@ -131,7 +133,7 @@ def test_snapshot_and_merge():
     merged = merge([a.snapshot(), b.snapshot()])
     assert merged["queries"][("udp", "A", "NOERROR")] == 2
     assert merged["queries"][("tcp", "AAAA", "NOERROR")] == 1
-    assert merged["hist"]["udp"] == [x + y for x, y in zip(a.snapshot()["hist"]["udp"], b.snapshot()["hist"]["udp"])]
+    assert merged["hist"]["udp"] == [x + y for x, y in zip(a.snapshot()["hist"]["udp"], b.snapshot()["hist"]["udp"], strict=True)]
     assert merged["scalars"]["tcp_connections"] == 5
     assert merged["scalars"]["config_generation"] == 4
     assert merged["reloads"]["success"] == 2

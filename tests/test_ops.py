@@ -12,6 +12,8 @@ from filterdns.routing.inventory import Inventory, Region, Service
 from filterdns.ops.metrics import Metrics
 from filterdns.ops.controller import BadRequest, Controller, NotFound, Refused
 
+pytestmark = pytest.mark.unit
+
 
 def make_state(generation=1, names=("fra", "ams", "iad"), services=("wss", "api")):
     regions = {}

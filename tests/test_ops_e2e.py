@@ -21,6 +21,8 @@ import pytest
 
 from conftest import ROOT, free_port, start_server
 
+pytestmark = pytest.mark.e2e
+
 TOKEN = "e2e-token-0123456789abcdef"
 GB = [dns.edns.ECSOption("81.2.69.0", 24)]
 LONDON = {"192.0.2.161", "192.0.2.162"}

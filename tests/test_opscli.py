@@ -15,6 +15,8 @@ from filterdns.ops.api import ControlServer
 from filterdns.routing.inventory import Inventory, Region, Service
 from filterdns.ops.controller import Controller
 
+pytestmark = pytest.mark.e2e
+
 TOKEN = "cli-token-0123456789abcdef"
 
 

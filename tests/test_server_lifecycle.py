@@ -14,6 +14,8 @@ import pytest
 
 from conftest import ROOT, free_port, start_server
 
+pytestmark = pytest.mark.e2e
+
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 

@@ -14,6 +14,8 @@ import pytest
 from conftest import ask
 from filterdns.dns import wire
 
+pytestmark = pytest.mark.unit
+
 
 def raw_query(qname=b"\x04test\x07example\x00", qtype=1, qclass=1, qid=0x1234, flags=0x0100,
               an=0, ns=0, ar=0, tail=b""):

@@ -17,6 +17,8 @@ import pytest
 from conftest import free_port, start_server
 from test_ops_e2e import GB, LONDON, TOKEN, addrs, cli, http
 
+pytestmark = pytest.mark.e2e
+
 N_SOCKETS = 24  # queries from many source ports, so every worker answers some
 
 

@@ -57,10 +57,6 @@ class LocList(list):
         return self._ilocs[i] if 0 <= i < len(self._ilocs) else self.loc
 
 
-def loc_of(value: Any, default: Loc) -> Loc:
-    return getattr(value, "loc", default)
-
-
 def _mark(file: str, mark: Any) -> Loc:
     return Loc(file, mark.line + 1, mark.column + 1)
 

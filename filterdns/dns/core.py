@@ -181,7 +181,7 @@ def decide(q, client, state, status, rng, trace: bool = False, resolver=None) ->
         if dyn is not None and qtype in dyn.types:
             record = dyn
             who = client if dyn.ecs or resolver is None else resolver
-            resolution = dyn.resolve(qtype, who, state.geo, state.regions, status, rng, trace)
+            resolution = dyn.resolve(qtype, who, state.geo, status, rng, trace)
             scope = resolution.scope if dyn.ecs else 0
             if resolution.addresses:
                 ttl = dyn.ttl

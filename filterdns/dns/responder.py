@@ -135,7 +135,7 @@ class Responder:
                     msg, tc = wire.render(q, 0, True, n, 0, 0, body, scope, limit)
                     return msg, 0, tc
                 who = client_of(q, src) if dyn.ecs else source_client(src)
-                res = dyn.resolve(q.qtype, who, state.geo, state.regions, status, self.rng)
+                res = dyn.resolve(q.qtype, who, state.geo, status, self.rng)
                 addrs = res.addresses
                 if addrs:
                     m = self.metrics

@@ -115,7 +115,7 @@ def _real_line(path: str, origin_text: str, reported: int) -> int:
         return reported
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            head = "".join(line for _, line in zip(range(reported - 1), f))
+            head = "".join(line for _, line in zip(range(reported - 1), f, strict=False))
         dns.zone.from_text(head, origin=origin_text, relativize=False, check_origin=False)
     except dns.exception.DNSException:
         return reported - 1

@@ -44,7 +44,6 @@ from filterdns.ops.controller import BadRequest, Controller, OpError
 log = logging.getLogger("filterdns.ops.api")
 
 DEFAULT_CONTROL = "127.0.0.1:9154"
-DEFAULT_METRICS = "127.0.0.1:9153"
 TOKEN_ENV = "FILTERDNS_CONTROL_TOKEN"
 MAX_HEADER = 16 * 1024
 MAX_BODY = 64 * 1024

@@ -168,7 +168,7 @@ def format_status(data: dict, now: float | None = None) -> str:
                          svc.get("health", "unknown"), "yes" if svc.get("up") else "NO",
                          _load_text(feeds), drain))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows]
     lines.insert(0, f"config generation {data.get('config_generation')}, "
                     f"status generation {data.get('status_generation')}")
     orphans = data.get("orphans") or []

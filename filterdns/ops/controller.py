@@ -153,7 +153,6 @@ class Controller:
         self.clock = clock
         self.restore_error: str | None = None
         self._reload_lock = asyncio.Lock()
-        self._persisting = False
         self.state_dir.mkdir(parents=True, exist_ok=True)
         inventory.subscribe(self._on_change)
 

@@ -87,7 +87,7 @@ def explain(state: Any, name: str, qtype: str | int, client: Client, status: Sta
     qt = QTYPES[qtype.upper()] if isinstance(qtype, str) else int(qtype)
     qname = "AAAA" if qt == AAAA else "A"
     status = status if status is not None else Status()
-    res = rec.resolve(qt, client, state.geo, state.regions, status, rng or random.Random(0), trace=True)
+    res = rec.resolve(qt, client, state.geo, status, rng or random.Random(0), trace=True)
     lines: list[str] = []
     w = lines.append
     types = "/".join(t for t, v in QTYPES.items() if v in rec.types)

@@ -160,7 +160,7 @@ def _type_name(t: type | tuple) -> str:
     return names.get(t, t.__name__)
 
 
-def parse_health_config(node: Any, file: str = "<health>") -> list[CheckSpec]:
+def parse_health_config(node: Any, file: str = "<health>") -> list[CheckSpec]:  # noqa: C901 - one branch per key; goes with the schema table
     """Validate a ``health:`` node (plain dicts/lists) into ``CheckSpec``s.
 
     Every problem is collected, then one ``ConfigError`` lists them all, each with the path to

@@ -237,7 +237,7 @@ def merge(snapshots: Iterable[dict]) -> dict:
             for k, v in value.items():
                 if name == "hist":
                     cur = acc.get(k)
-                    acc[k] = list(v) if cur is None else [a + b for a, b in zip(cur, v)]
+                    acc[k] = list(v) if cur is None else [a + b for a, b in zip(cur, v, strict=True)]
                 elif name == "scalars" and k in _MAX_SCALARS:
                     acc[k] = max(acc.get(k, 0), v)
                 else:
@@ -276,7 +276,7 @@ class _Collector(Collector):
                                   labels=["transport"])
         for t, counts in sorted(s["hist"].items()):
             cum, buckets = 0, []
-            for bound, c in zip(BUCKETS, counts):
+            for bound, c in zip(BUCKETS, counts[:-1], strict=True):
                 cum += c
                 buckets.append((repr(bound), cum))
             cum += counts[-1]

@@ -128,16 +128,6 @@ class DynamicRecord:
     line: int = 0
     _cell: list = field(default_factory=lambda: [None, ()], repr=False, compare=False)
 
-    @property
-    def filters(self) -> tuple[Filter, ...]:
-        """Enabled filters, in order."""
-        return tuple(s.filter for s in self.steps if not s.disabled)
-
-    @property
-    def random(self) -> bool:
-        """Whether any enabled filter uses the RNG."""
-        return any(f.random for f in self.filters)
-
     def answers(self, status: Status) -> tuple[Answer, ...]:
         """The candidate answers merged with ``status`` (cached per snapshot)."""
         cell = self._cell
@@ -176,13 +166,11 @@ class DynamicRecord:
         qtype: int,
         client: Client,
         geo: GeoDB,
-        regions: Mapping[str, Region] | None,
         status: Status,
         rng: random.Random,
         trace: bool = False,
     ) -> Resolution:
-        """Run the chain for one query. ``regions`` is accepted for interface stability; the
-        record was bound to its State's regions when it was built.
+        """Run the chain for one query (the record was bound to its State's regions when built).
 
         Without ``trace`` the deterministic part of the chain (the filters before the first one
         that would draw on the RNG for this input, see ``Filter.random_for``) is memoised per

@@ -150,14 +150,12 @@ def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int) -> Loca
 class GeoDB:
     """A geo database reader with a bounded per-address cache. Build with ``GeoDB.open``."""
 
-    __slots__ = ("path", "_reader", "_cache", "description")
+    __slots__ = ("path", "_reader", "_cache")
 
     def __init__(self, reader: Any, path: str):
         self.path = path
         self._reader = reader
         self._cache: dict[tuple[str, int], Location] = {}
-        meta = reader.metadata()
-        self.description = f"{meta.database_type} ({path})"
 
     @classmethod
     def open(cls, path: str | None = None) -> "GeoDB":

@@ -30,7 +30,24 @@ _ALL: tuple[type[Filter], ...] = (
     Priority, Sticky, GeofenceCountry, GeofenceRegional, NetfencePrefix, NetfenceAsn, Latency,
 )
 
+
+
+def build_registry(classes) -> Mapping[str, type[Filter]]:
+    """name → class; two filters claiming one name (or a filter without a name) is an error,
+    raised at import, instead of one silently replacing the other."""
+    out: dict[str, type[Filter]] = {}
+    for c in classes:
+        if not c.name:
+            raise ValueError(f"filter class {c.__module__}.{c.__qualname__} has no name")
+        if c.name in out:
+            other = out[c.name]
+            raise ValueError(f"filter name {c.name!r} is claimed by both {other.__module__}.{other.__qualname__} "
+                             f"and {c.__module__}.{c.__qualname__}")
+        out[c.name] = c
+    return MappingProxyType(out)
+
+
 #: filter name → class
-REGISTRY: Mapping[str, type[Filter]] = MappingProxyType({c.name: c for c in _ALL})
+REGISTRY: Mapping[str, type[Filter]] = build_registry(_ALL)
 
 __all__ = ["REGISTRY", "Answer", "BuildContext", "Context", "Filter", "Option"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
 from filterdns.routing.geo import COUNTRIES, Location, great_circle_km
 from filterdns.routing.inventory import Region
@@ -254,7 +254,3 @@ class KeyCache:
             self._d.clear()
         self._d[key] = value
         return value
-
-
-def names(answers: Iterable[Answer]) -> tuple[str, ...]:
-    return tuple(a.name for a in answers)
