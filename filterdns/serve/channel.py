@@ -51,7 +51,7 @@ def share_geo(path: str | None):
     """(GeoDB, fd): the database at ``path`` (None: the embedded one) copied once into a sealed
     memory file; workers open the same fd. (None, None) when the file cannot be used: then
     ``build_state`` opens ``path`` itself and reports why, with the other problems."""
-    from filterdns.routing.geo import DEFAULT_DB, GeoDB
+    from filterdns.routing.geo import DEFAULT_DB
 
     src = str(DEFAULT_DB if path is None else path)
     try:
