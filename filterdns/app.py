@@ -39,7 +39,8 @@ async def start(rt: Runtime) -> None:
         # /metrics shows the sum of every worker's counters and the supervisor's own
         rt.render_metrics = merged_renderer(
             lambda: rt.holder.state, rt.inventory,
-            lambda: merge([rt.metrics.snapshot(), *rt.worker_snapshots()]))
+            lambda: merge([rt.metrics.snapshot(), *rt.worker_snapshots()]),
+            store=rt.controller.store)
     await wiring.start(rt)  # the control API answers (readyz: not yet) while DNS comes up
     await rt.start()
 

@@ -43,6 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "(or set FILTERDNS_CONTROL_TOKEN); without one, mutating calls are refused")
     s.add_argument("--state-dir", default=os.environ.get("FILTERDNS_STATE_DIR", "var"), metavar="DIR",
                    help="where drains, feed values and the audit log are kept across restarts (default: %(default)s)")
+    s.add_argument("--discard-state", action="store_true",
+                   help="start even when the saved state cannot be read: move it aside and start with no drains "
+                        "(without this, an unreadable state refuses start-up)")
+    s.add_argument("--state", default=os.environ.get("FILTERDNS_STATE"), metavar="file|etcd://HOST:PORT[,...]/PREFIX",
+                   help="where operator state lives: 'file' (state.json in --state-dir, the default) or an etcd "
+                        "cluster shared by a fleet (etcds:// for TLS)")
+    s.add_argument("--etcd-ca", default=os.environ.get("FILTERDNS_ETCD_CA"), metavar="PEM",
+                   help="CA bundle that signed the etcd servers' certificates (implies TLS)")
+    s.add_argument("--etcd-cert", default=os.environ.get("FILTERDNS_ETCD_CERT"), metavar="PEM",
+                   help="client certificate for etcd (with --etcd-key)")
+    s.add_argument("--etcd-key", default=os.environ.get("FILTERDNS_ETCD_KEY"), metavar="PEM",
+                   help="client key for etcd")
+    s.add_argument("--etcd-user", default=os.environ.get("FILTERDNS_ETCD_USER"), metavar="NAME",
+                   help="etcd user (password from --etcd-password-file or $FILTERDNS_ETCD_PASSWORD)")
+    s.add_argument("--etcd-password-file", default=os.environ.get("FILTERDNS_ETCD_PASSWORD_FILE"), metavar="PATH",
+                   help="file holding the etcd user's password")
+    s.add_argument("--health-policy", choices=["quorum", "all", "any"], default=None,
+                   help="with an etcd store: a (region, service) is down when a majority (quorum, the default), "
+                        "every (all) or any one (any) of the instances checking it says so")
+    s.add_argument("--instance", default=os.environ.get("FILTERDNS_INSTANCE"), metavar="NAME",
+                   help="this instance's name in the fleet (default: hostname:control port)")
     s.add_argument("--max-drain-share", type=float, default=None, metavar="FRACTION",
                    help="largest share of a service's regions the health automation may drain (default: all but the last)")
     s.add_argument("--tcp-max-connections", type=int, default=256, metavar="N",
@@ -92,12 +113,21 @@ def _serve(args) -> int:
     except ValueError as e:
         print(f"filterdns serve: {e}", file=sys.stderr)
         return 2
+    from filterdns.ops.store import parse_state_spec
+    try:
+        parse_state_spec(args.state)
+    except ValueError as e:
+        print(f"filterdns serve: {e}", file=sys.stderr)
+        return 2
     if args.workers is not None and args.workers < 1:
         print("filterdns serve: --workers must be >= 1", file=sys.stderr)
         return 2
     opts = ServeOptions(
         listen=listen, zones=args.zones, chains=args.chains, geoip=args.geoip, metrics=metrics,
         control=control, control_token_file=args.control_token_file, state_dir=args.state_dir,
+        state=args.state, discard_state=args.discard_state, etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert,
+        etcd_key=args.etcd_key, etcd_user=args.etcd_user, etcd_password_file=args.etcd_password_file,
+        health_policy=args.health_policy, instance=args.instance,
         max_drain_share=args.max_drain_share, tcp_max_connections=args.tcp_max_connections,
         tcp_idle_timeout=args.tcp_idle_timeout, watch=not args.no_watch, health=not args.no_health,
         workers=args.workers if args.workers is not None else (os.cpu_count() or 1))

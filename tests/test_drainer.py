@@ -102,7 +102,7 @@ def test_operator_drain_wins(tmp_path):
     async def main():
         c, inv, m, d = setup(tmp_path)
         d.start()
-        c.drain("fra", "wss", reason="maintenance", actor="operator:alice")
+        await c.drain("fra", "wss", reason="maintenance", actor="operator:alice")
         inv.set_health("fra", "wss", False)
         await settle()
         inv.set_health("fra", "wss", True)
@@ -113,7 +113,7 @@ def test_operator_drain_wins(tmp_path):
         inv.set_health("ams", "wss", False)
         await settle()
         assert inv.status.drains[("ams", "wss")].cause == "health"
-        c.undrain("ams", "wss", actor="operator:bob")
+        await c.undrain("ams", "wss", actor="operator:bob")
         await settle()
         assert ("ams", "wss") not in inv.status.drains
         inv.set_health("ams", "wss", True)

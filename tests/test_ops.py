@@ -11,6 +11,7 @@ import pytest
 from filterdns.routing.inventory import Inventory, Region, Service
 from filterdns.ops.metrics import Metrics
 from filterdns.ops.controller import BadRequest, Controller, NotFound, Refused
+from filterdns.ops.store import StateUnreadable
 
 pytestmark = pytest.mark.unit
 
@@ -31,17 +32,21 @@ def make(tmp_path, state=None, **kw):
     return c, inv, m, holder
 
 
+def run(coro):
+    return asyncio.run(coro)
+
+
 def audit(tmp_path):
     return [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
 
 
 def test_drain_then_undrain_audits_and_counts(tmp_path):
     c, inv, m, _ = make(tmp_path)
-    r = c.drain("fra", "wss", reason="LB swap", actor="operator:alice")
+    r = run(c.drain("fra", "wss", reason="LB swap", actor="operator:alice"))
     assert r.changed and "2 of 3 regions still serving" in r.message
     assert inv.status.drained("fra", "wss").actor == "operator:alice"
     assert inv.status.drained("fra", "api") is None
-    r = c.undrain("fra", "wss", actor="operator:bob")
+    r = run(c.undrain("fra", "wss", actor="operator:bob"))
     assert r.changed and inv.status.drained("fra", "wss") is None
     lines = audit(tmp_path)
     assert [(x["action"], x["region"], x["service"], x["actor"], x["cause"]) for x in lines] == [
@@ -61,7 +66,7 @@ def test_drain_then_undrain_audits_and_counts(tmp_path):
 def test_drain_rejects_unknown_targets_and_changes_nothing(tmp_path, region, service, exc):
     c, inv, _, _ = make(tmp_path)
     with pytest.raises(exc):
-        c.drain(region, service, reason="x")
+        run(c.drain(region, service, reason="x"))
     assert inv.status.generation == 0
     assert not (tmp_path / "audit.log").exists()
 
@@ -69,26 +74,26 @@ def test_drain_rejects_unknown_targets_and_changes_nothing(tmp_path, region, ser
 def test_bad_reason_and_force_types(tmp_path):
     c, inv, _, _ = make(tmp_path)
     with pytest.raises(BadRequest):
-        c.drain("fra", None, reason=12)
+        run(c.drain("fra", None, reason=12))
     with pytest.raises(BadRequest):
-        c.drain("fra", None, reason="x", force="yes")
+        run(c.drain("fra", None, reason="x", force="yes"))
     with pytest.raises(BadRequest):
-        c.drain("fra", None, reason="a\x00b")
+        run(c.drain("fra", None, reason="a\x00b"))
     assert inv.status.generation == 0
 
 
 def test_safety_rule_refuses_last_region_unless_forced(tmp_path):
     c, inv, m, _ = make(tmp_path)
-    c.drain("fra", None, reason="a")
-    c.drain("ams", "wss", reason="b")
+    run(c.drain("fra", None, reason="a"))
+    run(c.drain("ams", "wss", reason="b"))
     with pytest.raises(Refused) as e:
-        c.drain("iad", "wss", reason="c")
+        run(c.drain("iad", "wss", reason="c"))
     assert "last undrained region serving wss" in e.value.message
     assert inv.status.drained("iad", "wss") is None
     # a region-level drain is checked for every service: api still has ams and iad
     with pytest.raises(Refused):
-        c.drain("iad", None, reason="c")
-    r = c.drain("iad", "wss", reason="c", force=True)
+        run(c.drain("iad", None, reason="c"))
+    r = run(c.drain("iad", "wss", reason="c", force=True))
     assert r.changed and "forced past" in r.message
     assert m.snapshot()["drains"][("refused", "operator")] == 2
     actions = [x["action"] for x in audit(tmp_path)]
@@ -97,32 +102,32 @@ def test_safety_rule_refuses_last_region_unless_forced(tmp_path):
 
 def test_max_drain_share(tmp_path):
     c, inv, _, _ = make(tmp_path, state=make_state(names=("a", "b", "c", "d")), max_drain_share=0.5)
-    c.drain("a", "wss", reason="1")
-    c.drain("b", "wss", reason="2")
+    run(c.drain("a", "wss", reason="1"))
+    run(c.drain("b", "wss", reason="2"))
     with pytest.raises(Refused) as e:
-        c.drain("c", "wss", reason="3")
+        run(c.drain("c", "wss", reason="3"))
     assert "3 of 4" in e.value.message
     # draining an already drained key is not a new drain for the share
-    assert c.drain("a", "wss", reason="again").changed
+    assert run(c.drain("a", "wss", reason="again")).changed
 
 
 def test_health_drain_does_not_replace_operator_drain(tmp_path):
     c, inv, _, _ = make(tmp_path)
-    c.drain("fra", "wss", reason="op", actor="operator:alice")
-    r = c.drain("fra", "wss", reason="hc", actor="health", cause="health")
+    run(c.drain("fra", "wss", reason="op", actor="operator:alice"))
+    r = run(c.drain("fra", "wss", reason="hc", actor="health", cause="health"))
     assert not r.changed
     assert inv.status.drains[("fra", "wss")].cause == "operator"
     # and an automation undrain leaves it alone
-    assert not c.undrain("fra", "wss", actor="health", cause="health", only_cause="health").changed
+    assert not run(c.undrain("fra", "wss", actor="health", cause="health", only_cause="health")).changed
     assert ("fra", "wss") in inv.status.drains
 
 
 def test_undrain_not_drained_is_a_noop(tmp_path):
     c, inv, _, _ = make(tmp_path)
-    r = c.undrain("fra", None)
+    r = run(c.undrain("fra", None))
     assert not r.changed and inv.status.generation == 0
     with pytest.raises(NotFound):
-        c.undrain("nope", None)
+        run(c.undrain("nope", None))
 
 
 @pytest.mark.parametrize("values,ok", [
@@ -139,20 +144,20 @@ def test_undrain_not_drained_is_a_noop(tmp_path):
 def test_feed_validation(tmp_path, values, ok):
     c, inv, _, _ = make(tmp_path)
     if ok:
-        r = c.feed("fra", "wss", values)
+        r = run(c.feed("fra", "wss", values))
         assert dict(inv.status.feeds[("fra", "wss")]) == {k: (v if isinstance(v, bool) else float(v))
                                                           for k, v in values.items()}
         assert r.changed
     else:
         with pytest.raises(BadRequest):
-            c.feed("fra", "wss", values)
+            run(c.feed("fra", "wss", values))
         assert inv.status.generation == 0
 
 
 def test_persistence_across_restart(tmp_path):
     c, inv, _, holder = make(tmp_path)
-    c.drain("fra", "wss", reason="maint", actor="operator:alice")
-    c.feed("ams", None, {"loadavg": 2.5})
+    run(c.drain("fra", "wss", reason="maint", actor="operator:alice"))
+    run(c.feed("ams", None, {"loadavg": 2.5}))
     saved = json.loads((tmp_path / "state.json").read_text())
     assert saved["drains"][0]["region"] == "fra"
     assert not list(tmp_path.glob(".state.json.*"))  # temp file renamed away
@@ -169,7 +174,10 @@ def test_restore_missing_and_corrupt(tmp_path):
     c, inv, _, _ = make(tmp_path)
     assert not c.restore()
     (tmp_path / "state.json").write_text("{not json")
-    assert not c.restore()
+    with pytest.raises(StateUnreadable, match="not valid JSON.*--discard-state"):
+        c.restore()
+    assert (tmp_path / "state.json").exists()  # left in place for the operator
+    assert not c.restore(discard=True)
     assert c.restore_error and "moved to state.json.corrupt-1000" in c.restore_error
     assert (tmp_path / "state.json.corrupt-1000").exists()
     assert c.regions()["restore_error"] == c.restore_error
@@ -177,7 +185,7 @@ def test_restore_missing_and_corrupt(tmp_path):
 
 def test_orphaned_drain_is_reported_not_lost(tmp_path, caplog):
     c, inv, _, holder = make(tmp_path)
-    c.drain("iad", "api", reason="keep me")
+    run(c.drain("iad", "api", reason="keep me"))
     holder.state = make_state(generation=2, names=("fra", "ams"))
     orphans = c.report_orphans()
     assert orphans == [{"kind": "drain", "region": "iad", "service": "api", "reason": "keep me",
@@ -186,15 +194,15 @@ def test_orphaned_drain_is_reported_not_lost(tmp_path, caplog):
     assert c.regions()["orphans"] == orphans
     assert ("iad", "api") in inv.status.drains
     # it can still be removed
-    assert c.undrain("iad", "api").changed
+    assert run(c.undrain("iad", "api")).changed
     assert c.regions()["orphans"] == []
 
 
 def test_regions_view(tmp_path):
     c, inv, _, _ = make(tmp_path)
-    c.drain("fra", None, reason="all of fra")
+    run(c.drain("fra", None, reason="all of fra"))
     inv.set_health("ams", "wss", False)
-    c.feed("iad", "api", {"loadavg": 1.0})
+    run(c.feed("iad", "api", {"loadavg": 1.0}))
     v = c.regions()
     fra = v["regions"]["fra"]
     assert fra["drain"]["reason"] == "all of fra"

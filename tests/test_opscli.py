@@ -53,6 +53,10 @@ class Server:
         host, port = self.server.address
         self.control = f"{host}:{port}"
 
+    def call(self, coro):
+        """Run a controller coroutine on the server's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
     def close(self):
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -87,8 +91,8 @@ def run(argv):
 
 
 def test_status_table(server, capsys):
-    server.controller.drain("fra", "wss", reason="LB swap", actor="operator:alice")
-    server.controller.feed("ams", "wss", {"loadavg": 0.25})
+    server.call(server.controller.drain("fra", "wss", reason="LB swap", actor="operator:alice"))
+    server.call(server.controller.feed("ams", "wss", {"loadavg": 0.25}))
     assert run(["status", "--control", server.control]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()

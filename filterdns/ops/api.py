@@ -4,7 +4,9 @@ Endpoints (JSON in and out; errors are ``{"error": "...", "code": "..."}`` with 
 
     GET    /healthz                       200 {"status": "ok"} while the process runs
     GET    /readyz                        200 when config is loaded and listeners open, else 503
-    GET    /regions                       regions x services: addresses, meta, health, drains, feeds
+    GET    /regions                       regions x services: addresses, meta, health, drains, feeds,
+                                          the state store (up, staleness) and the fleet's instances
+    GET    /audit?limit=N                 the audit log (fleet-wide with an etcd store), oldest first
     POST   /regions/{region}/drain        body or query: service, reason, force, actor
     DELETE /regions/{region}/drain        body or query: service, reason, actor
     POST   /regions/{region}/feed         {"service": optional, "values": {"up": bool, "connections": n,
@@ -20,7 +22,8 @@ configure one; a missing or wrong token gets 401. Tokens are compared with
 
 Status codes: 400 bad JSON/value, 401 token, 403 no token configured, 404 unknown path, region
 or service, 405 method, 409 refused by the drain safety rule, 411/413/431 request framing and
-size limits, 422 reload rejected, 501 chunked bodies.
+size limits, 422 reload rejected, 501 chunked bodies, 503 the change could not be made durable
+or the state store is unreachable (nothing was changed).
 
 The server is small on purpose: HTTP/1.1 request line, headers (at most 16 KiB), a
 ``Content-Length`` body (at most 64 KiB), a timeout for reading each request, at most
@@ -40,6 +43,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from filterdns.ops.controller import BadRequest, Controller, OpError
+from filterdns.ops.store import StoreError
 
 log = logging.getLogger("filterdns.ops.api")
 
@@ -332,6 +336,18 @@ class ControlServer(_Endpoint):
             return self._only(req, "GET") or _metrics_response(self.render_metrics)
         if path == "/regions":
             return self._only(req, "GET") or json_response(200, c.regions())
+        if path == "/audit":
+            # the audit log: this server's file, or the whole fleet's with --state etcd://...
+            if bad := self._only(req, "GET"):
+                return bad
+            raw = (req.query.get("limit") or ["100"])[-1]
+            if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 10000:
+                raise BadRequest(f"limit must be an integer from 1 to 10000, got {raw!r}")
+            try:
+                entries = await c.store.read_audit(int(raw))
+            except StoreError as e:
+                return json_response(503, {"error": e.message, "code": "state_store"})
+            return json_response(200, {"entries": entries, "store": c.store.describe()})
         if path == "/status":
             # the raw runtime snapshot (drains, health, feeds): what `filterdns explain --live` runs on
             from filterdns.routing.inventory import dump_status
@@ -354,17 +370,17 @@ class ControlServer(_Endpoint):
                     return bad
                 if method == "POST":
                     p = _params(req, {"service", "reason", "force", "actor"})
-                    r = c.drain(region, p.get("service"), p.get("reason") or "", actor=self._actor(p),
+                    r = await c.drain(region, p.get("service"), p.get("reason") or "", actor=self._actor(p),
                                 cause="operator", force=p.get("force", False))
                 else:
                     p = _params(req, {"service", "reason", "actor"})
-                    r = c.undrain(region, p.get("service"), actor=self._actor(p), cause="operator",
+                    r = await c.undrain(region, p.get("service"), actor=self._actor(p), cause="operator",
                                   reason=p.get("reason") or "")
                 return json_response(200, r.to_json())
             if bad := self._only(req, "POST") or self._authorize(req):
                 return bad
             p = _params(req, {"service", "values"})
-            r = c.feed(region, p.get("service"), p.get("values"))
+            r = await c.feed(region, p.get("service"), p.get("values"))
             return json_response(200, r.to_json())
         return json_response(404, {"error": f"no such endpoint {path}", "code": "not_found"})
 

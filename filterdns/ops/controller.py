@@ -11,31 +11,37 @@ drained. The default share is 1.0, so only the "last region" part applies. A reg
 is checked for every service of the region. Operators may pass ``force``; the health automation
 never does.
 
-Durable state: after every drain, undrain, feed or restore, ``Status.to_json()`` is written to
-``state_dir/state.json`` (temp file, fsync, rename, fsync of the directory). ``restore()`` at
-start-up loads it back; a corrupt file is moved aside (``state.json.corrupt-<time>``) and logged,
-never silently reused. Drains for regions or services that are no longer configured are kept,
+Durable state: every drain, undrain and feed is committed to the state store
+(``ops/store/``: ``state.json`` fsync'd for a single server, an etcd transaction for a fleet)
+*before* it is applied to the ``Inventory`` and acknowledged; when the store cannot make it
+durable (disk full, read-only, etcd unreachable) the call fails with ``StoreFailed`` (HTTP 503)
+and nothing changes. Commits are compare-and-swap on the store's revision: the safety rule is
+checked against the state the change commits on. ``restore()`` at start-up loads the saved
+state; an unreadable one refuses start-up (``StateUnreadable``) unless ``--discard-state``.
+Drains for regions or services that are no longer configured are kept,
 logged, listed under ``orphans`` in ``regions()`` and counted by ``filterdns_drains_orphaned``;
 an operator removes them with an undrain.
 
-Audit log: ``state_dir/audit.log``, one JSON object per line with ``time`` (unix), ``iso``,
-``region``, ``service``, ``action`` (drain | undrain | refused | reload), ``cause``, ``actor``,
-``reason`` and, where it applies, ``force`` and ``detail``.
+Audit log (in the store: ``state_dir/audit.log`` or etcd ``<prefix>/audit/``), one JSON object
+per entry with ``time`` (unix), ``iso``, ``region``, ``service``, ``action`` (drain | undrain |
+refused | reload), ``cause``, ``actor``, ``reason``, ``instance`` and, where it applies,
+``force`` and ``detail``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
-from filterdns.routing.inventory import FEED_KEYS, Drain, Inventory, Status
+from types import MappingProxyType
+
+from filterdns.ops.store import Conflict, NotDurable, Unavailable, audit_line
+from filterdns.routing.inventory import FEED_KEYS, Drain, Inventory, Status, load_status
 
 log = logging.getLogger("filterdns.ops.controller")
 
@@ -43,6 +49,7 @@ MAX_REASON = 512
 MAX_ACTOR = 64
 STATE_FILE = "state.json"
 AUDIT_FILE = "audit.log"
+MAX_CONFLICTS = 50
 
 
 class OpError(Exception):
@@ -72,6 +79,13 @@ class Refused(OpError):
     """The safety rule refused a drain (409)."""
 
     status, code = 409, "refused"
+
+
+class StoreFailed(OpError):
+    """The change could not be made durable or the state store is unreachable (503); nothing
+    was changed."""
+
+    status, code = 503, "state_store"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +154,7 @@ class Controller:
         metrics: Any = None,
         max_drain_share: float = 1.0,
         clock: Callable[[], float] = time.time,
+        store: Any = None,
     ):
         if not 0 < max_drain_share <= 1:
             raise ValueError(f"max_drain_share must be in (0, 1], got {max_drain_share}")
@@ -153,60 +168,48 @@ class Controller:
         self.clock = clock
         self.restore_error: str | None = None
         self._reload_lock = asyncio.Lock()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        inventory.subscribe(self._on_change)
+        self._lock = asyncio.Lock()  # one change at a time per instance (the store does the rest)
+        if store is None:
+            from filterdns.ops.store.file import FileStore
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            store = FileStore(self.state_dir, clock=clock)
+        self.store = store
+        store.on_remote = self._on_remote
 
     @property
     def state_path(self) -> Path:
-        return self.state_dir / STATE_FILE
+        return getattr(self.store, "state_path", self.state_dir / STATE_FILE)
 
     @property
     def audit_path(self) -> Path:
-        return self.state_dir / AUDIT_FILE
+        return getattr(self.store, "audit_path", self.state_dir / AUDIT_FILE)
 
     # -- start-up ---------------------------------------------------------------------------
-    def restore(self) -> bool:
-        """Load drains and feeds from ``state.json``; returns whether anything was loaded."""
-        path = self.state_path
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+    def restore(self, discard: bool = False) -> bool:
+        """Load drains and feeds from the store; returns whether anything was loaded.
+
+        Raises ``StateUnreadable`` when the saved state cannot be used at all (start-up then
+        refuses to serve) unless ``discard``; a partly bad state keeps every valid entry and
+        ``restore_error`` names each bad one.
+        """
+        loaded = self.store.load(discard=discard)
+        self.restore_error = loaded.warning
+        if loaded.doc is None:
             return False
-        try:
-            data = json.loads(raw)
-            clean = self._clean_saved(data)
-        except (ValueError, TypeError, KeyError) as e:
-            aside = path.with_name(f"{STATE_FILE}.corrupt-{int(self.clock())}")
-            os.replace(path, aside)
-            self.restore_error = f"{path}: unreadable ({e}); moved to {aside.name}, starting with no drains"
-            log.error("%s", self.restore_error)
-            return False
-        self.inventory.restore(clean)
+        self.inventory.restore(loaded.doc)
         log.info("restored %d drain(s) and %d feed(s) from %s",
-                 len(clean["drains"]), len(clean["feeds"]), path)
+                 len(loaded.doc["drains"]), len(loaded.doc["feeds"]), loaded.source)
         self.report_orphans()
         return True
 
-    @staticmethod
-    def _clean_saved(data: Any) -> dict:
-        if not isinstance(data, dict):
-            raise ValueError("top level is not an object")
-        drains, feeds = [], []
-        for d in data.get("drains", []):
-            if not isinstance(d.get("region"), str) or not isinstance(d.get("service"), (str, type(None))):
-                raise ValueError(f"bad drain entry {d!r}")
-            drains.append({"region": d["region"], "service": d.get("service"),
-                           "reason": str(d.get("reason", "")), "actor": str(d.get("actor", "")),
-                           "cause": str(d.get("cause", "operator")), "since": float(d.get("since", 0))})
-        for f in data.get("feeds", []):
-            if not isinstance(f.get("region"), str) or not isinstance(f.get("service"), (str, type(None))):
-                raise ValueError(f"bad feed entry {f!r}")
-            try:
-                values = validate_feed_values(f.get("values"))
-            except BadRequest as e:
-                raise ValueError(f"bad feed values for {f['region']}: {e.message}") from None
-            feeds.append({"region": f["region"], "service": f.get("service"), "values": values})
-        return {"drains": drains, "feeds": feeds}
+    def _on_remote(self, doc: dict, revision: int) -> None:
+        """Another instance changed the state (etcd watch): adopt it in one swap."""
+        saved = load_status(doc)
+        status = self.inventory.status
+        if dict(saved.drains) == dict(status.drains) and \
+                {k: dict(v) for k, v in saved.feeds.items()} == {k: dict(v) for k, v in status.feeds.items()}:
+            return
+        self.inventory.commit(saved.drains, saved.feeds, {"action": "remote", "revision": revision})
 
     def orphans(self) -> list[dict]:
         """Drains and feeds whose region or service is not in the current config."""
@@ -272,54 +275,51 @@ class Controller:
         self._check_target(region, service)
         return self._safety(self.inventory.status, region, service)[0]
 
-    def _audit(self, **entry: Any) -> None:
-        now = self.clock()
-        line = {"time": now, "iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                "region": None, "service": None, "action": None, "cause": None, "actor": None,
-                "reason": None}
-        line.update(entry)
-        try:
-            with open(self.audit_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line, sort_keys=True) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            log.error("cannot write audit log %s: %s (entry %s)", self.audit_path, e, line)
+    def _entry(self, **entry: Any) -> dict:
+        return audit_line(entry, self.store.instance, self.clock)
+
+    async def _audit(self, **entry: Any) -> None:
+        await self.store.audit(self._entry(**entry))
 
     def _count(self, action: str, cause: str) -> None:
         if self.metrics is not None:
             self.metrics.drain_action(action, cause)
 
-    # -- persistence --------------------------------------------------------------------------
-    def _on_change(self, status: Status, event: dict) -> None:
-        if event.get("action") in ("drain", "undrain", "feed", "restore"):
-            self.persist(status)
-
-    def persist(self, status: Status | None = None) -> None:
-        """Write drains and feeds atomically (temp file, fsync, rename, fsync directory)."""
-        status = status or self.inventory.status
-        path = self.state_path
-        tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        data = json.dumps({"version": 1, "saved_at": self.clock(), **status.to_json()},
-                          indent=1, sort_keys=True)
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fd = os.open(self.state_dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            log.error("cannot persist operator state to %s: %s", path, e)
+    # -- commits ------------------------------------------------------------------------------
+    async def _mutate(self, plan: Callable[[Status], Any]) -> "Result":
+        """Apply one change: ``plan(status)`` checks it against ``status`` and returns either a
+        ``Result`` (nothing to change) or ``(drains, feeds, event, audit, done)``. The change is
+        committed to the store on the revision ``status`` came from, and only once the store
+        says it is durable is it swapped into the inventory (so DNS follows) and acknowledged
+        (``done()``). A conflict (another instance changed the state meanwhile) re-reads and
+        re-runs ``plan`` (so the safety rule is checked against the state it commits on);
+        a store failure raises ``StoreFailed`` and changes nothing."""
+        async with self._lock:
+            for _ in range(MAX_CONFLICTS):
+                status, revision = self.inventory.status, self.store.revision
+                out = plan(status)
+                if isinstance(out, Result):
+                    return out
+                drains, feeds, event, audit, done = out
+                doc = Status(drains=drains, feeds=feeds).to_json()
+                try:
+                    await self.store.commit(revision, doc, audit)
+                except Conflict:
+                    await self.store.refresh()
+                    continue
+                except (NotDurable, Unavailable) as e:
+                    log.error("not done (%s): %s", event.get("action"), e.message)
+                    raise StoreFailed(f"not done, nothing was changed: {e.message}",
+                                      store=self.store.describe()) from None
+                self.inventory.commit(drains, feeds, event)
+                return done()
+            raise StoreFailed(f"not done: the state changed {MAX_CONFLICTS} times while committing; try again")
 
     # -- operations ---------------------------------------------------------------------------
-    def drain(self, region: str, service: str | None = None, reason: str = "",
-              actor: str = "operator", cause: str = "operator", force: bool = False) -> Result:
-        """Drain a region or one service of it, subject to the safety rule unless ``force``."""
+    async def drain(self, region: str, service: str | None = None, reason: str = "",
+                    actor: str = "operator", cause: str = "operator", force: bool = False) -> Result:
+        """Drain a region or one service of it, subject to the safety rule unless ``force``.
+        Acknowledged (returns) only once the drain is durable in the store."""
         reason = _clean_text(reason, "reason", MAX_REASON)
         actor = _clean_text(actor, "actor", MAX_ACTOR) or "operator"
         if not isinstance(force, bool):
@@ -327,63 +327,95 @@ class Controller:
         if service is not None and not isinstance(service, str):
             raise BadRequest(f"service must be a string, got {service!r}")
         self._check_target(region, service)
-        status = self.inventory.status
-        existing = status.drains.get((region, service))
-        if existing is not None and existing.cause == "operator" and cause != "operator":
-            return Result(False, f"{self._name(region, service)} is already drained by {existing.actor}",
-                          {"drain": existing.to_json()})
-        problems, summary = self._safety(status, region, service)
-        if problems and not force:
-            self._audit(region=region, service=service, action="refused", cause=cause, actor=actor,
-                        reason=reason, detail=problems)
-            self._count("refused", cause)
-            raise Refused("refused: " + "; ".join(problems) + ("" if cause != "operator" else
-                          " (use force to drain anyway)"), problems=problems, services=summary)
-        d = self.inventory.drain(region, service, reason, actor, cause, now=self.clock())
-        self._audit(region=region, service=service, action="drain", cause=cause, actor=actor,
-                    reason=reason, force=force, detail=problems or None)
-        self._count("drain", cause)
-        left = ", ".join(f"{svc}: {v['serving_after']} of {v['regions']} regions still serving"
-                         for svc, v in summary.items())
-        msg = f"drained {self._name(region, service)}" + (f" ({left})" if left else "")
-        if problems:
-            msg += " [forced past: " + "; ".join(problems) + "]"
-        log.warning("%s by %s (%s): %s", msg, actor, cause, reason or "no reason")
-        return Result(True, msg, {"drain": d.to_json(), "services": summary})
 
-    def undrain(self, region: str, service: str | None = None, actor: str = "operator",
-                cause: str = "operator", reason: str = "", only_cause: str | None = None) -> Result:
+        def plan(status: Status):
+            existing = status.drains.get((region, service))
+            if existing is not None and existing.cause == "operator" and cause != "operator":
+                return Result(False, f"{self._name(region, service)} is already drained by {existing.actor}",
+                              {"drain": existing.to_json()})
+            problems, summary = self._safety(status, region, service)
+            if problems and not force:
+                raise Refused("refused: " + "; ".join(problems) + ("" if cause != "operator" else
+                              " (use force to drain anyway)"), problems=problems, services=summary)
+            d = Drain(region, service, reason, actor, cause, self.clock())
+            drains = dict(status.drains)
+            drains[(region, service)] = d
+            audit = [self._entry(region=region, service=service, action="drain", cause=cause, actor=actor,
+                                 reason=reason, force=force, detail=problems or None)]
+
+            def done() -> Result:
+                self._count("drain", cause)
+                left = ", ".join(f"{svc}: {v['serving_after']} of {v['regions']} regions still serving"
+                                 for svc, v in summary.items())
+                msg = f"drained {self._name(region, service)}" + (f" ({left})" if left else "")
+                if problems:
+                    msg += " [forced past: " + "; ".join(problems) + "]"
+                log.warning("%s by %s (%s): %s", msg, actor, cause, reason or "no reason")
+                return Result(True, msg, {"drain": d.to_json(), "services": summary})
+            return (MappingProxyType(drains), status.feeds, {"action": "drain", **d.to_json()}, audit, done)
+
+        try:
+            return await self._mutate(plan)
+        except Refused as e:
+            await self._audit(region=region, service=service, action="refused", cause=cause, actor=actor,
+                              reason=reason, detail=e.detail.get("problems"))
+            self._count("refused", cause)
+            raise
+
+    async def undrain(self, region: str, service: str | None = None, actor: str = "operator",
+                      cause: str = "operator", reason: str = "", only_cause: str | None = None) -> Result:
         """Remove the drain of (region, service). Orphaned drains can be removed too.
 
         ``only_cause`` (used by the automation) leaves drains of any other cause alone.
+        Acknowledged only once the undrain is durable in the store.
         """
         reason = _clean_text(reason, "reason", MAX_REASON)
         actor = _clean_text(actor, "actor", MAX_ACTOR) or "operator"
         if service is not None and not isinstance(service, str):
             raise BadRequest(f"service must be a string, got {service!r}")
-        existing = self.inventory.status.drains.get((region, service))
-        if existing is None:
-            self._check_target(region, service)
-            return Result(False, f"{self._name(region, service)} is not drained", {"drain": None})
-        if only_cause is not None and existing.cause != only_cause:
-            return Result(False, f"{self._name(region, service)} is drained by {existing.actor}; left alone",
-                          {"drain": existing.to_json()})
-        self.inventory.undrain(region, service, actor, cause)
-        self._audit(region=region, service=service, action="undrain", cause=cause, actor=actor,
-                    reason=reason, detail={"was": existing.to_json()})
-        self._count("undrain", cause)
-        msg = f"undrained {self._name(region, service)} (was drained by {existing.actor})"
-        log.warning("%s by %s (%s)", msg, actor, cause)
-        return Result(True, msg, {"undrained": existing.to_json()})
+        if not isinstance(region, str):
+            raise NotFound(f"unknown region {region!r}", known=sorted(self._regions()))
 
-    def feed(self, region: str, service: str | None, values: Any) -> Result:
-        """Merge data-feed values (``up``, ``connections``, ``requests``, ``loadavg``)."""
+        def plan(status: Status):
+            existing = status.drains.get((region, service))
+            if existing is None:
+                self._check_target(region, service)
+                return Result(False, f"{self._name(region, service)} is not drained", {"drain": None})
+            if only_cause is not None and existing.cause != only_cause:
+                return Result(False, f"{self._name(region, service)} is drained by {existing.actor}; left alone",
+                              {"drain": existing.to_json()})
+            drains = dict(status.drains)
+            del drains[(region, service)]
+            audit = [self._entry(region=region, service=service, action="undrain", cause=cause, actor=actor,
+                                 reason=reason, detail={"was": existing.to_json()})]
+
+            def done() -> Result:
+                self._count("undrain", cause)
+                msg = f"undrained {self._name(region, service)} (was drained by {existing.actor})"
+                log.warning("%s by %s (%s)", msg, actor, cause)
+                return Result(True, msg, {"undrained": existing.to_json()})
+            event = {"action": "undrain", "region": region, "service": service, "actor": actor, "cause": cause}
+            return (MappingProxyType(drains), status.feeds, event, audit, done)
+
+        return await self._mutate(plan)
+
+    async def feed(self, region: str, service: str | None, values: Any) -> Result:
+        """Merge data-feed values (``up``, ``connections``, ``requests``, ``loadavg``);
+        acknowledged only once durable in the store."""
         if service is not None and not isinstance(service, str):
             raise BadRequest(f"service must be a string, got {service!r}")
         self._check_target(region, service)
         clean = validate_feed_values(values)
-        merged = self.inventory.feed(region, service, clean)
-        return Result(True, f"fed {self._name(region, service)}", {"values": dict(merged)})
+
+        def plan(status: Status):
+            feeds = dict(status.feeds)
+            merged = MappingProxyType({**feeds.get((region, service), {}), **clean})
+            feeds[(region, service)] = merged
+            event = {"action": "feed", "region": region, "service": service, "values": dict(clean)}
+            return (status.drains, MappingProxyType(feeds), event, (),
+                    lambda: Result(True, f"fed {self._name(region, service)}", {"values": dict(merged)}))
+
+        return await self._mutate(plan)
 
     async def reload(self, actor: str = "operator") -> tuple[bool, list[str]]:
         """Build and swap a new config (one at a time); count, audit and report orphans."""
@@ -398,7 +430,7 @@ class Controller:
             generation = getattr(self.get_state(), "generation", 0)
             if self.metrics is not None:
                 self.metrics.reload_result(ok, generation, self.clock())
-            self._audit(action="reload", actor=actor, cause="operator",
+            await self._audit(action="reload", actor=actor, cause="operator",
                         detail={"ok": ok, "generation": generation, "reasons": list(reasons)})
             if ok:
                 self.report_orphans()
@@ -442,6 +474,8 @@ class Controller:
             "regions": out,
             "orphans": self.orphans(),
             "restore_error": self.restore_error,
+            "store": self.store.describe(),
+            "fleet": self.store.fleet_view(),
         }
 
     @staticmethod
@@ -450,4 +484,4 @@ class Controller:
 
 
 __all__ = ["Controller", "OpError", "BadRequest", "NotFound", "Refused", "Result",
-           "validate_feed_values", "Drain"]
+           "validate_feed_values", "Drain", "StoreFailed"]

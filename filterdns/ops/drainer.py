@@ -23,7 +23,7 @@ import asyncio
 import logging
 from typing import Any
 
-from filterdns.ops.controller import Controller, OpError
+from filterdns.ops.controller import Controller, OpError, StoreFailed
 
 log = logging.getLogger("filterdns.ops.drainer")
 
@@ -39,6 +39,7 @@ class Drainer:
         self.inventory = controller.inventory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
+        self._task: asyncio.Task | None = None
         self._refused: set[tuple[str, str]] = set()  # refusals already reported in this outage
         self._handled: dict[tuple[str, str], bool] = {}  # last health verdict acted upon
         self.inventory.subscribe(self._on_change)
@@ -51,7 +52,7 @@ class Drainer:
         self._loop = None
 
     def _on_change(self, status: Any, event: dict) -> None:
-        if event.get("action") in ("health", "drain", "undrain", "restore"):
+        if event.get("action") in ("health", "drain", "undrain", "restore", "remote", "leader"):
             self._schedule()
 
     def _schedule(self) -> None:
@@ -61,17 +62,27 @@ class Drainer:
         self._loop.call_soon(self._run)
 
     def _run(self) -> None:
-        self._scheduled = False
         if self._loop is None:
+            self._scheduled = False
             return
+        if self._task is not None and not self._task.done():
+            self._loop.call_later(0.01, self._run)  # one reconcile at a time; then once more
+            return
+        self._scheduled = False
+        self._task = self._loop.create_task(self._reconcile_safely())
+
+    async def _reconcile_safely(self) -> None:
         try:
-            self.reconcile()
+            await self.reconcile()
         except Exception:  # keep the automation alive; the next change retries
             log.exception("drain automation failed")
 
-    def reconcile(self) -> list[str]:
-        """Bring health drains in line with health verdicts; returns what was done (for tests)."""
+    async def reconcile(self) -> list[str]:
+        """Bring health drains in line with health verdicts; returns what was done (for tests).
+        With a fleet store only the instance holding the leader lease acts, once for the fleet."""
         c = self.controller
+        if not c.store.is_leader():
+            return []
         done: list[str] = []
         status = self.inventory.status
         # 1. undrain what recovered
@@ -79,8 +90,12 @@ class Drainer:
             if d.cause != CAUSE or service is None:
                 continue
             if status.health.get((region, service)) is not False:
-                r = c.undrain(region, service, actor=ACTOR, cause=CAUSE, reason="health check passing",
-                              only_cause=CAUSE)
+                try:
+                    r = await c.undrain(region, service, actor=ACTOR, cause=CAUSE,
+                                        reason="health check passing", only_cause=CAUSE)
+                except StoreFailed as e:
+                    log.warning("not undraining %s/%s: %s", region, service, e.message)
+                    continue
                 if r.changed:
                     done.append(f"undrain {region}/{service}")
         status = self.inventory.status
@@ -101,7 +116,10 @@ class Drainer:
             if (region, service) in self._refused and c.check_drain(region, service):
                 continue  # still refused; already audited and counted in this outage
             try:
-                r = c.drain(region, service, reason="health check failing", actor=ACTOR, cause=CAUSE)
+                r = await c.drain(region, service, reason="health check failing", actor=ACTOR, cause=CAUSE)
+            except StoreFailed as e:
+                log.warning("not draining %s/%s now: %s", region, service, e.message)
+                continue  # retried at the next change
             except OpError as e:
                 if (region, service) not in self._refused:
                     self._refused.add((region, service))

@@ -41,6 +41,10 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_region_health{region,service,state}        state: up | down | unknown (1 = current)
     filterdns_region_feed{region,service,key}            service "" for region-level feed values
     filterdns_drains_orphaned                            drains of regions/services not in config
+    filterdns_state_store_up{kind}                       kind: file | etcd; 0 = serving last known state
+    filterdns_state_store_staleness_seconds              since the store was last current (0 when up)
+    filterdns_state_store_revision                       revision of the operator state served
+    filterdns_fleet_instances                            instances connected (etcd store)
 
 Multi-worker aggregation: ``snapshot()`` returns plain, picklable data and ``merge()`` adds
 snapshots together; with ``serve --workers N`` the supervisor renders ``/metrics`` through
@@ -97,6 +101,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._get_state: Callable[[], Any] | None = None
         self._inventory: Any = None
+        self._store: Any = None
         self.reset()
         self.registry.register(_Collector(self))
 
@@ -118,10 +123,13 @@ class Metrics:
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
         }
 
-    def bind(self, get_state: Callable[[], Any] | None, inventory: Any) -> None:
-        """Where scrape-time region gauges come from (config ``State`` and ``Inventory``)."""
+    def bind(self, get_state: Callable[[], Any] | None, inventory: Any, store: Any = None) -> None:
+        """Where scrape-time region gauges come from (config ``State``, ``Inventory`` and the
+        state store, ``ops/store``)."""
         self._get_state = get_state
         self._inventory = inventory
+        if store is not None:
+            self._store = store
 
     # -- hot path (transports) -------------------------------------------------------------
     def query(self, transport: str, qtype: int, rcode: int, ecs: bool, seconds: float) -> None:
@@ -324,6 +332,27 @@ class _Collector(Collector):
         yield _counter("filterdns_health_probes", "Health probes, by region, service and result.", ["region", "service", "result"], s["probes"])
 
         yield from self._region_families()
+        yield from self._store_families()
+
+    def _store_families(self):
+        store = self._m._store
+        if store is None:
+            return
+        d = store.describe()
+        yield _labelled("filterdns_state_store_up",
+                        "1 while the state store is reachable and the state is current, "
+                        "0 while answers come from the last known state.",
+                        "kind", d["kind"], 1 if d.get("up") else 0)
+        yield GaugeMetricFamily("filterdns_state_store_staleness_seconds",
+                                "Seconds since the state store was last known to be current (0 when up).",
+                                value=float(d.get("stale_seconds") or 0.0))
+        yield GaugeMetricFamily("filterdns_state_store_revision",
+                                "Revision of the operator state this instance serves.",
+                                value=float(d.get("revision") or 0))
+        if "instances" in d:
+            yield GaugeMetricFamily("filterdns_fleet_instances",
+                                    "Instances of the fleet connected to the state store.",
+                                    value=float(d["instances"]))
 
     def _region_families(self):
         state, status = self._m._regions()
@@ -375,12 +404,18 @@ class _Collector(Collector):
 metrics = Metrics()
 
 
+def _labelled(name: str, doc: str, label: str, value_label: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=[label])
+    g.add_metric([value_label], value)
+    return g
+
+
 def merged_renderer(get_state: Callable[[], Any], inventory: Any,
-                    snapshot_fn: Callable[[], dict]) -> Callable[[], bytes]:
+                    snapshot_fn: Callable[[], dict], store: Any = None) -> Callable[[], bytes]:
     """A /metrics renderer for counters gathered elsewhere (the sum of worker processes'
     snapshots), with the per-region gauges read from ``get_state`` and ``inventory``."""
     gauges = Metrics()
-    gauges.bind(get_state, inventory)
+    gauges.bind(get_state, inventory, store=store)
     registry = CollectorRegistry()
     registry.register(_Collector(gauges, snapshot_fn=snapshot_fn))
     return lambda: generate_latest(registry)

@@ -16,25 +16,44 @@ class WiringError(Exception):
     """A bad operator setting (token file, state directory) found at start-up."""
 
 
-def build_controller(server):
-    """The Controller for this server; restores drains and feed values from the state dir."""
-    from filterdns.ops.controller import Controller
+def build_store(opts):
+    """The state store ``--state`` names: the file store in ``--state-dir`` (default) or etcd."""
+    from filterdns.ops.store import open_store
 
-    o = server.opts
-    state_dir = Path(o.state_dir)
+    state_dir = Path(opts.state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WiringError(f"--state-dir {state_dir}: {e}") from None
+    etcd = {k: getattr(opts, k, None) for k in ("etcd_ca", "etcd_cert", "etcd_key", "etcd_user",
+                                                "etcd_password_file", "health_policy", "instance")}
+    try:
+        return open_store(getattr(opts, "state", None), str(state_dir),
+                          **{k: v for k, v in etcd.items() if v is not None})
+    except (ValueError, OSError) as e:
+        raise WiringError(str(e)) from None
+
+
+def build_controller(server):
+    """The Controller for this server; restores drains and feed values from the store.
+    An unreadable saved state refuses start-up unless ``--discard-state``."""
+    from filterdns.ops.controller import Controller
+    from filterdns.ops.store import StateUnreadable
+
+    o = server.opts
+    store = build_store(o)
     kw = {}
     if o.max_drain_share is not None:
         kw["max_drain_share"] = o.max_drain_share
     controller = Controller(lambda: server.holder.state, server.inventory, server.reload,
-                            state_dir, ready=lambda: server.listeners_open, metrics=server.metrics, **kw)
-    if controller.restore():
-        st = server.inventory.status
-        log.info("restored %d drain(s) and %d feed value set(s) from %s", len(st.drains),
-                 len(st.feeds), controller.state_path)
+                            Path(o.state_dir), ready=lambda: server.listeners_open,
+                            metrics=server.metrics, store=store, **kw)
+    try:
+        controller.restore(discard=getattr(o, "discard_state", False))
+    except StateUnreadable as e:
+        raise WiringError(e.message) from None
+    if controller.restore_error:
+        log.error("%s", controller.restore_error)
     return controller
 
 
@@ -45,7 +64,10 @@ async def start(server) -> None:
 
     o = server.opts
     m = server.metrics
-    m.bind(lambda: server.holder.state, server.inventory)
+    m.bind(lambda: server.holder.state, server.inventory, store=server.controller.store)
+    store = server.controller.store
+    await store.start()
+    server.add_aux("state store", store.stop)
     m.config_loaded(server.holder.state.generation, server.holder.state.loaded_at)
     render = m.render if server.render_metrics is None else server.render_metrics
 
@@ -69,16 +91,29 @@ async def start(server) -> None:
         host, port = msrv.address
         log.info("metrics on http://%s:%d/metrics", host, port)
     if o.health and server.holder.state.health:
-        checker = HealthChecker(list(server.holder.state.health), server.inventory,
+        # a fleet store takes this instance's verdicts and feeds back the fleet's (per policy)
+        sink = _HealthToStore(store) if store.fleet else server.inventory
+        checker = HealthChecker(list(server.holder.state.health), sink,
                                 get_state=lambda: server.holder.state, metrics=m)
         server.holder.subscribe(checker.on_state_swap)
         checker.start()
         server.add_aux("health checks", checker.stop)
         drainer = Drainer(server.controller)
         drainer.start()
+        store.on_leader = lambda leading: drainer._schedule() if leading else None
 
         async def stop_drainer():
             drainer.stop()
 
         server.add_aux("drain automation", stop_drainer)
         log.info("health checks: %d, with automatic drain", len(server.holder.state.health))
+
+
+class _HealthToStore:
+    """What the health checker writes to when a fleet store decides the effective health."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def set_health(self, region: str, service: str, healthy: bool | None) -> None:
+        self.store.publish_health(region, service, healthy)

@@ -225,6 +225,12 @@ class Inventory:
         )
         return feeds[(region, service)]
 
+    # -- committed operator state ----------------------------------------------------------
+    def commit(self, drains: Mapping[Key, Drain], feeds: Mapping[Key, Mapping[str, Any]], event: dict) -> Status:
+        """Swap in drains and feeds that the state store has made durable (one swap)."""
+        return self._swap(drains=MappingProxyType(dict(drains)), feeds=MappingProxyType(dict(feeds)),
+                          _event=dict(event))
+
     # -- persistence ----------------------------------------------------------------------
     def restore(self, data: Mapping[str, Any]) -> None:
         """Load what ``Status.to_json`` wrote (drains and feeds), replacing both."""

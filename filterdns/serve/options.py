@@ -15,6 +15,15 @@ class ServeOptions:
     control: tuple[str, int] | None = ("127.0.0.1", 9154)
     control_token_file: str | None = None
     state_dir: str = "var"
+    state: str | None = None  # None/"file": state_dir/state.json; etcd://host:port[,...]/prefix
+    discard_state: bool = False
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    etcd_user: str | None = None
+    etcd_password_file: str | None = None
+    health_policy: str | None = None
+    instance: str | None = None
     max_drain_share: float | None = None
     tcp_max_connections: int = 256
     tcp_idle_timeout: float = 10.0

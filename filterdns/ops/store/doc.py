@@ -1,0 +1,128 @@
+"""The saved operator-state document, the one place that reads and writes its shape.
+
+Shape (``state.json``, the etcd ``<prefix>/state`` value and the local etcd snapshot)::
+
+    {"version": 1, "saved_at": <unix>, "drains": [<drain>...], "feeds": [<feed>...]}
+    drain: {"region": str, "service": str|null, "reason": str, "actor": str,
+            "cause": "operator"|"health", "since": <unix>}
+    feed:  {"region": str, "service": str|null, "values": {"up": bool, "loadavg": n, ...}}
+
+``parse_doc`` never raises on content: it returns the clean document and one problem per bad
+entry (``drains[2]: ...``) so a partly bad file keeps every valid entry. Only bytes that are not
+a JSON object at all (invalid UTF-8, not JSON, a list at the top) raise ``StateUnreadable``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from filterdns.ops.store import StateUnreadable
+
+VERSION = 1
+CAUSES = ("operator", "health")
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(entry: Any) -> str:
+    text = json.dumps(entry, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _target(entry: dict, i: str) -> tuple[str, str | None] | str:
+    region, service = entry.get("region"), entry.get("service")
+    if not isinstance(region, str) or not region:
+        return f"{i}: region must be a non-empty string, got {_show(region)}"
+    if service is not None and (not isinstance(service, str) or not service):
+        return f"{i}: service must be a non-empty string or null, got {_show(service)}"
+    return region, service
+
+
+def parse_doc(data: Any) -> tuple[dict, list[str]]:
+    """(clean document, problems). ``data`` is the decoded JSON value."""
+    from filterdns.ops.controller import BadRequest, validate_feed_values
+
+    if not isinstance(data, dict):
+        raise StateUnreadable(f"top level is a JSON {type(data).__name__}, not an object")
+    problems: list[str] = []
+    drains: dict[tuple, dict] = {}
+    feeds: dict[tuple, dict] = {}
+    raw_drains = data.get("drains", [])
+    if not isinstance(raw_drains, list):
+        problems.append(f"drains: must be a list, got {_show(raw_drains)}")
+        raw_drains = []
+    for n, d in enumerate(raw_drains):
+        where = f"drains[{n}]"
+        if not isinstance(d, dict):
+            problems.append(f"{where}: must be an object, got {_show(d)}")
+            continue
+        t = _target(d, where)
+        if isinstance(t, str):
+            problems.append(t)
+            continue
+        bad = []
+        for key in ("reason", "actor"):
+            if not isinstance(d.get(key, ""), str):
+                bad.append(f"{key} must be a string")
+        if d.get("cause", "operator") not in CAUSES:
+            bad.append(f"cause must be one of {', '.join(CAUSES)}")
+        if not _num(d.get("since", 0)):
+            bad.append("since must be a number")
+        if bad:
+            problems.append(f"{where} ({t[0]}{'/' + t[1] if t[1] else ''}): {'; '.join(bad)}: {_show(d)}")
+            continue
+        if t in drains:
+            problems.append(f"{where}: a second drain of {t[0]}{'/' + t[1] if t[1] else ''}; keeping the first")
+            continue
+        drains[t] = {"region": t[0], "service": t[1], "reason": d.get("reason", ""),
+                     "actor": d.get("actor", ""), "cause": d.get("cause", "operator"),
+                     "since": float(d.get("since", 0))}
+    raw_feeds = data.get("feeds", [])
+    if not isinstance(raw_feeds, list):
+        problems.append(f"feeds: must be a list, got {_show(raw_feeds)}")
+        raw_feeds = []
+    for n, f in enumerate(raw_feeds):
+        where = f"feeds[{n}]"
+        if not isinstance(f, dict):
+            problems.append(f"{where}: must be an object, got {_show(f)}")
+            continue
+        t = _target(f, where)
+        if isinstance(t, str):
+            problems.append(t)
+            continue
+        try:
+            values = validate_feed_values(f.get("values"))
+        except BadRequest as e:
+            problems.append(f"{where} ({t[0]}{'/' + t[1] if t[1] else ''}): {e.message}")
+            continue
+        if t in feeds:
+            problems.append(f"{where}: a second feed entry for {t[0]}{'/' + t[1] if t[1] else ''}; keeping the first")
+            continue
+        feeds[t] = {"region": t[0], "service": t[1], "values": values}
+    return {"drains": list(drains.values()), "feeds": list(feeds.values())}, problems
+
+
+def decode(raw: bytes) -> tuple[dict, list[str]]:
+    """Bytes (file or etcd value) -> (clean document, problems); ``StateUnreadable`` if unusable."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StateUnreadable(f"not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise StateUnreadable(f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise StateUnreadable("not valid JSON (nested too deeply)") from None
+    return parse_doc(data)
+
+
+def encode(doc: dict, saved_at: float) -> bytes:
+    """The document as written (sorted keys, one entry per line for diffs)."""
+    out = {"version": VERSION, "saved_at": saved_at, "drains": doc.get("drains", []),
+           "feeds": doc.get("feeds", [])}
+    return json.dumps(out, indent=1, sort_keys=True).encode()
