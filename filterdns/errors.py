@@ -32,3 +32,19 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
+
+
+def list_config_dir(path, what: str) -> list[str]:
+    """The entry names of a config directory (``what``: "zones", "chains"), or a ConfigError that
+    says which of missing, not a directory, or unreadable it is (with the OS's reason)."""
+    import os
+
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        why = f"{what} directory not found"
+    except NotADirectoryError:
+        why = f"{what} directory is not a directory"
+    except OSError as e:
+        why = f"{what} directory cannot be read: {e.strerror or e}"
+    raise ConfigError([Problem(str(path), None, None, why)])

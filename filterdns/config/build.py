@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from pathlib import Path
 from types import MappingProxyType
 
-from filterdns.errors import ConfigError, Problem
+from filterdns.errors import ConfigError, Problem, list_config_dir
 from filterdns.model import A, AAAA, CNAME
 from filterdns.config.state import State
 from filterdns.dns.wire import text_to_wire
@@ -20,7 +19,12 @@ from filterdns.dns.zones import ZoneStore, load_zones
 
 
 def _origins_from_files(zones_dir) -> list[str]:
-    return [p.name[:-len(".zone")].rstrip(".").lower() + "." for p in Path(zones_dir).glob("*.zone")]
+    try:
+        names = list_config_dir(zones_dir, "zones")
+    except ConfigError:
+        return []
+    return [n[:-len(".zone")].rstrip(".").lower() + "." for n in names
+            if n.endswith(".zone") and not n.startswith(".")]
 
 
 def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
@@ -37,16 +41,13 @@ def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
         origins = store.origins()
     except ConfigError as e:
         problems.extend(e.problems)
-        origins = _origins_from_files(zones_dir) if Path(zones_dir).is_dir() else []
+        origins = _origins_from_files(zones_dir)
 
     chains = None
-    if not Path(chains_dir).is_dir():
-        problems.append(Problem(str(chains_dir), None, None, "chains directory does not exist"))
-    else:
-        try:
-            chains = load_chains(chains_dir, origins)
-        except ConfigError as e:
-            problems.extend(e.problems)
+    try:
+        chains = load_chains(chains_dir, origins)
+    except ConfigError as e:
+        problems.extend(e.problems)
 
     if geo is None:
         try:

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from filterdns.routing.chain import FALLBACKS, Candidate, DynamicRecord, Step
-from filterdns.errors import ConfigError, Problem
+from filterdns.errors import ConfigError, Problem, list_config_dir
 from filterdns.routing.filters import REGISTRY
 from filterdns.routing.filters.base import BuildContext, Filter, region_point
 from filterdns.routing.filters.geofence_regional import GEOREGIONS
@@ -680,10 +680,9 @@ def load_chains(chains_dir: str | Path, zone_origins: Iterable[str]) -> Chains:
     """Load and validate every YAML file in ``chains_dir``; raise ``ConfigError`` listing every
     problem. Record names must lie inside one of ``zone_origins`` (absolute lowercase names)."""
     d = Path(chains_dir)
-    if not d.is_dir():
-        raise ConfigError([Problem(str(d), None, None, "chains directory not found")])
+    names = list_config_dir(d, "chains")  # missing, not a directory, unreadable: said as such
     loader = _Loader(zone_origins)
-    paths = sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    paths = [d / n for n in names if n.endswith((".yaml", ".yml")) and (d / n).is_file()]
     for p in paths:
         loader.read(p, _display(p))
     return loader.build(tuple(str(p) for p in paths))

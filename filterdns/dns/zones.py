@@ -25,7 +25,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.zone
 
-from filterdns.errors import ConfigError, Problem
+from filterdns.errors import ConfigError, Problem, list_config_dir
 from filterdns.model import CNAME, MX, NS, PTR, SOA, SRV
 from filterdns.dns.wire import Name, name_to_text
 
@@ -226,10 +226,9 @@ def load_zones(zones_dir: str | os.PathLike) -> tuple[ZoneStore, tuple[str, ...]
     """Load every ``*.zone`` file of a directory. Raises ConfigError listing every problem."""
     problems: list[Problem] = []
     d = Path(zones_dir)
-    if not d.is_dir():
-        raise ConfigError([Problem(str(d), None, None, "zones directory does not exist")])
+    names = list_config_dir(d, "zones")  # missing, not a directory, unreadable: said as such
     zones: dict[bytes, Zone] = {}
-    files = sorted(str(p) for p in d.glob("*.zone"))
+    files = [str(d / n) for n in names if n.endswith(".zone") and not n.startswith(".")]
     if not files:
         problems.append(Problem(str(d), None, None, "no zone files (*.zone) in the zones directory"))
     for path in files:
