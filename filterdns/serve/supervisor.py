@@ -246,6 +246,8 @@ class Supervisor(Runtime):
         # a worker that is down now gets what is being served when it starts again
         asked = [(w, w.spawned, w.ask("prepared", seq, packed.message("prepare", seq=seq)))
                  for w in self.workers if w.connected]
+        log.info("generation %d built (digest %s); preparing it on %d worker(s)", new.generation,
+                 packed.digest, len(asked))
         reasons: list[str] = []
         for w, _spawned, fut in asked:
             try:
