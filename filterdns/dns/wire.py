@@ -52,8 +52,9 @@ class FormErr(Exception):
     """A malformed query whose header was readable: answer FORMERR (or NOTIMP, see rcode)."""
 
     def __init__(self, reason: str, qid: int, flags: int, question: bytes = b"",
-                 edns: bool = False, rcode: int = FORMERR, do: bool = False):
+                 edns: bool = False, rcode: int = FORMERR, do: bool = False, extra: bytes = b""):
         super().__init__(reason)
+        self.extra = extra  # one record to append last (the TSIG of a NOTAUTH/BADKEY)
         self.reason = reason
         self.qid = qid
         self.flags = flags
@@ -131,13 +132,20 @@ def text_to_wire(name: str) -> bytes:
 
 
 def _read_name(data: bytes, off: int, end: int) -> tuple[bytes, int]:
-    """Read a possibly compressed name; return (uncompressed wire, offset after it)."""
+    """Read a possibly compressed name; return (uncompressed wire, offset after it).
+
+    The rules are dnspython's (the strict parser the fuzz tests check against): every pointer
+    points before the previous one (so before the name itself), at most 16 of them, and the
+    target of a pointer may not run into the part already read.
+    """
     parts = []
     total = 0
     after = -1
-    jumps = 0
+    hops = 0
+    start = biggest = off
+    limit = end
     while True:
-        if off >= end:
+        if off >= limit:
             raise ValueError("name runs past the end")
         n = data[off]
         if n == 0:
@@ -146,21 +154,24 @@ def _read_name(data: bytes, off: int, end: int) -> tuple[bytes, int]:
             if total > 255:
                 raise ValueError("name longer than 255 octets")
             return b"".join(parts), (off + 1 if after < 0 else after)
-        kind = n & 0xC0
-        if kind == 0xC0:
-            if off + 1 >= end:
+        if n >= 0xC0:
+            if off + 1 >= limit:
                 raise ValueError("truncated compression pointer")
             ptr = ((n & 0x3F) << 8) | data[off + 1]
             if after < 0:
                 after = off + 2
-            jumps += 1
-            if ptr >= off or jumps > 64:  # pointers must go backwards; bounds loops
-                raise ValueError("compression loop")
-            off = ptr
+            if ptr >= biggest:
+                raise ValueError("compression pointer does not point backwards")
+            hops += 1
+            if hops > 16:
+                raise ValueError("compression pointer chain longer than 16")
+            biggest = ptr
+            limit = start
+            off = start = ptr
             continue
-        if kind:
+        if n & 0xC0:
             raise ValueError("bad label type")
-        if off + 1 + n > end:
+        if off + 1 + n > limit:
             raise ValueError("label runs past the end")
         parts.append(data[off:off + 1 + n])
         total += n + 1
@@ -200,6 +211,8 @@ def _parse_ecs_uncached(body: bytes) -> ECS:
         raise ValueError(f"ECS family {family} is not IPv4 (1) or IPv6 (2)")
     if source > maxlen:
         raise ValueError(f"ECS source prefix {source} beyond {maxlen}")
+    if scope > maxlen:
+        raise ValueError(f"ECS scope prefix {scope} beyond {maxlen}")
     if len(raw) != (source + 7) // 8:
         raise ValueError(f"ECS address is {len(raw)} octets, source prefix {source} needs {(source + 7) // 8}")
     if source % 8 and raw[-1] & (0xFF >> (source % 8)):
@@ -255,21 +268,104 @@ def parse_query(data: bytes) -> Query:  # noqa: C901 - one linear pass over the 
         if off != end:
             raise FormErr("trailing octets after the question", qid, flags, q.question)
         return q
+    if an == 0 and ns == 0 and ar == 1 and _lean_opt(data, off, end, q):
+        return q
+    _parse_strict(data, off, end, an, ns, ar, q)
+    return q
+
+
+#: EDNS options the lean path validates itself (NSID: any bytes; ECS; COOKIE: lengths)
+_LEAN_CHECKED = frozenset({3, EDNS_ECS, 10})
+_STRICT_CODES: dict[int, bool] = {}
+
+
+def _strict_option(code: int) -> bool:
+    """Does the strict parser (dnspython) give this option code a validating class? Those
+    options go to the strict path; any other code is opaque bytes to both parsers."""
+    v = _STRICT_CODES.get(code)
+    if v is None:
+        import dns.edns
+
+        v = _STRICT_CODES[code] = dns.edns.get_option_class(code) is not dns.edns.GenericOption
+    return v
+
+
+def _cookie_ok(olen: int) -> bool:
+    """RFC 7873 §4: a client cookie (8 octets) and an optional server cookie (8-32 octets)."""
+    return olen == 8 or 16 <= olen <= 40
+
+
+def _lean_opt(data: bytes, off: int, end: int, q: Query) -> bool:
+    """The common EDNS query: one OPT, root owner, ending the message, every option one we
+    validate here. True when it is exactly that (``q`` then carries EDNS and ECS); False
+    sends the packet to the strict path, which finds what is wrong (or right) with it.
+    Raises FormErr(BADVERS) for a well-formed OPT of another version."""
+    if off + 11 > end or data[off] != 0:
+        return False
+    rtype, rclass, ttl, rdlen = _RRFIX.unpack_from(data, off + 1)
+    o = off + 11
+    oend = o + rdlen
+    if rtype != OPT or oend != end:
+        return False
+    ecs = None
+    while o < oend:
+        if o + 4 > oend:
+            return False
+        code, olen = _HH.unpack_from(data, o)
+        o += 4
+        if o + olen > oend:
+            return False
+        if code == EDNS_ECS:
+            if ecs is not None:
+                return False
+            try:
+                ecs = _parse_ecs(data[o:o + olen])
+            except ValueError:
+                return False
+        elif code == 10:
+            if not _cookie_ok(olen):
+                return False
+        elif code not in _LEAN_CHECKED and _strict_option(code):
+            return False
+        o += olen
+    _set_edns(q, rclass, ttl, ecs)
+    return True
+
+
+def _set_edns(q: Query, payload: int, ttl: int, ecs) -> None:
+    q.edns = True
+    q.payload = payload if payload > MIN_PAYLOAD else MIN_PAYLOAD
+    q.do = bool(ttl & DO_BIT)
+    q.ecs = ecs
+    version = (ttl >> 16) & 0xFF
+    if version != 0:
+        raise FormErr(f"EDNS version {version}", q.id, q.flags, q.question, edns=True,
+                      rcode=BADVERS, do=q.do)
+
+
+TSIG = 250
+NOTAUTH = 9
+BADKEY = 17
+
+
+def _parse_strict(data: bytes, off: int, end: int, an: int, ns: int, ar: int, q: Query) -> None:
+    """Everything the lean path did not accept: walk every record, then let the strict parser
+    (dnspython, which also checks each record's data and each known option) judge the whole
+    message. FORMERR for anything malformed (RFC 1035 §4.1, RFC 6891 §6.1.1): records that
+    run past the end, trailing octets, an OPT outside the additional section, a second OPT,
+    an OPT whose owner is not the root octet, invalid options. The FORMERR carries our OPT
+    when the query had a usable one: exactly one OPT in the additional section, version 0.
+    A TSIG-signed query gets NOTAUTH/BADKEY (RFC 8945 §5.2): this server holds no keys."""
+    qid, flags, question = q.id, q.flags, q.question
+    opts = []  # (section, owner is the root octet, class, ttl, rdata start, rdata end)
+    tsig = None  # (owner start, owner end, rdata start, rdata end)
+    problem = None
+    total = an + ns + ar
     try:
-        for _ in range(an + ns):
-            off = _skip_name(data, off, end)
-            if off + 10 > end:
-                raise ValueError("record runs past the end")
-            rdlen = _H.unpack_from(data, off + 8)[0]
-            off += 10 + rdlen
-            if off > end:
-                raise ValueError("rdata runs past the end")
-        for _ in range(ar):
+        for i in range(total):
+            section = 0 if i < an else (1 if i < an + ns else 2)
             start = off
-            if off < end and data[off] == 0:  # the root name (OPT's owner)
-                off += 1
-            else:
-                off = _skip_name(data, off, end)
+            owner, off = _read_name(data, off, end)
             if off + 10 > end:
                 raise ValueError("record runs past the end")
             rtype, rclass, ttl, rdlen = _RRFIX.unpack_from(data, off)
@@ -277,37 +373,72 @@ def parse_query(data: bytes) -> Query:  # noqa: C901 - one linear pass over the 
             if off + rdlen > end:
                 raise ValueError("rdata runs past the end")
             if rtype == OPT:
-                if q.edns:
-                    raise ValueError("more than one OPT record")
-                if off - 10 - start != 1 or data[start] != 0:
-                    raise ValueError("OPT record not owned by the root")
-                q.edns = True
-                q.payload = rclass if rclass > MIN_PAYLOAD else MIN_PAYLOAD
-                version = (ttl >> 16) & 0xFF
-                q.do = bool(ttl & DO_BIT)
-                o = off
-                oend = off + rdlen
-                while o < oend:
-                    if o + 4 > oend:
-                        raise ValueError("truncated EDNS option")
-                    code, olen = _HH.unpack_from(data, o)
-                    o += 4
-                    if o + olen > oend:
-                        raise ValueError("EDNS option runs past the OPT record")
-                    if code == EDNS_ECS:
-                        if q.ecs is not None:
-                            raise ValueError("more than one ECS option")
-                        q.ecs = _parse_ecs(data[o:o + olen])
-                    o += olen
-                if version != 0:
-                    raise FormErr(f"EDNS version {version}", qid, flags, q.question, edns=True,
-                                  rcode=BADVERS, do=q.do)
+                opts.append((section, off - 10 - start == 1, rclass, ttl, off, off + rdlen))
+            elif rtype == TSIG and section == 2 and i == total - 1:
+                tsig = (owner, off, off + rdlen)
             off += rdlen
         if off != end:
             raise ValueError("trailing octets after the last record")
     except ValueError as e:
-        raise FormErr(str(e), qid, flags, q.question, edns=q.edns, do=q.do) from None
-    return q
+        problem = str(e)
+    extra = [o for o in opts if o[0] == 2]
+    usable = len(extra) == 1 and not (extra[0][3] >> 16) & 0xFF
+    do = usable and bool(extra[0][3] & DO_BIT)
+
+    def formerr(reason):
+        return FormErr(reason, qid, flags, question, edns=usable, do=do)
+
+    if problem is not None:
+        raise formerr(problem)
+    if len(extra) != len(opts):
+        raise formerr("OPT record outside the additional section")
+    if len(extra) > 1:
+        raise FormErr("more than one OPT record", qid, flags, question)
+    ecs = None
+    if extra:
+        _, root_owner, rclass, ttl, o, oend = extra[0]
+        if not root_owner:
+            raise formerr("OPT record not owned by the root (a single zero octet)")
+        try:
+            while o < oend:
+                if o + 4 > oend:
+                    raise ValueError("truncated EDNS option")
+                code, olen = _HH.unpack_from(data, o)
+                o += 4
+                if o + olen > oend:
+                    raise ValueError("EDNS option runs past the OPT record")
+                if code == EDNS_ECS:
+                    if ecs is not None:
+                        raise ValueError("more than one ECS option")
+                    ecs = _parse_ecs(data[o:o + olen])
+                elif code == 10 and not _cookie_ok(olen):
+                    raise ValueError(f"COOKIE option of {olen} octets")
+                o += olen
+        except ValueError as e:
+            raise formerr(str(e)) from None
+    import dns.message
+
+    try:  # records' data and every known option, as the strict parser sees them
+        dns.message.from_wire(data, keyring=False)
+    except Exception as e:  # noqa: BLE001 - any rejection is a malformed query
+        raise formerr(f"malformed record ({type(e).__name__}: {e})") from None
+    if tsig is not None:
+        raise _badkey(q, data, tsig, usable, do)
+    if extra:
+        _set_edns(q, rclass, ttl, ecs)
+
+
+def _badkey(q: Query, data: bytes, tsig, usable: bool, do: bool) -> "FormErr":
+    """NOTAUTH with an unsigned TSIG record, error BADKEY (RFC 8945 §5.2.1, §5.3.2)."""
+    owner, o, oend = tsig
+    alg, o = _read_name(data, o, oend)
+    time_fudge = data[o:o + 8]
+    mac_len = _H.unpack_from(data, o + 8)[0]
+    orig_id = data[o + 10 + mac_len:o + 12 + mac_len]
+    rdata = alg + time_fudge + b"\x00\x00" + orig_id + _H.pack(BADKEY) + b"\x00\x00"
+    rr = owner + _RRFIX.pack(TSIG, 255, 0, len(rdata)) + rdata
+    return FormErr("TSIG-signed query: no keys configured", q.id, q.flags, q.question,
+                   edns=usable, rcode=NOTAUTH, do=do, extra=rr)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -333,10 +464,11 @@ def formerr_response(err: FormErr) -> bytes:
     rcode = err.rcode
     flags = QR | (err.flags & _COPY_BITS) | (rcode & 0xF)
     qd = 1 if err.question else 0
+    ar = 1 if err.extra else 0
     if err.edns:
         opt = opt_record(ext_rcode=rcode >> 4, do=err.do)
-        return _HDR.pack(err.qid, flags, qd, 0, 0, 1) + err.question + opt
-    return _HDR.pack(err.qid, flags, qd, 0, 0, 0) + err.question
+        return _HDR.pack(err.qid, flags, qd, 0, 0, ar + 1) + err.question + opt + err.extra
+    return _HDR.pack(err.qid, flags, qd, 0, 0, ar) + err.question + err.extra
 
 
 def render(q: Query, rcode: int, aa: bool, an: int, ns: int, ar: int, body: bytes,
