@@ -66,10 +66,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this instance's name in the fleet (default: hostname:control port)")
     s.add_argument("--max-drain-share", type=float, default=None, metavar="FRACTION",
                    help="largest share of a service's regions the health automation may drain (default: all but the last)")
-    s.add_argument("--tcp-max-connections", type=int, default=256, metavar="N",
-                   help="concurrent TCP connections; more are closed at once (default: %(default)s)")
-    s.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="close a TCP connection idle this long (default: %(default)s)")
+    t = s.add_argument_group("TCP limits (RFC 7766 §6.2.3; docs/limits.md)")
+    t.add_argument("--tcp-max-connections", type=int, default=256, metavar="N",
+                   help="concurrent TCP connections for the whole server, shared equally by the workers; "
+                        "when full, a new client takes the slot of the connection that has gone longest "
+                        "without completing a query, or is closed at once (default: %(default)s)")
+    t.add_argument("--tcp-max-per-source", type=int, default=32, metavar="N",
+                   help="concurrent TCP connections from one address (IPv6: one /64) (default: %(default)s)")
+    t.add_argument("--tcp-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a TCP connection this long after its last answered query (default: %(default)s)")
+    t.add_argument("--tcp-message-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="a query's whole message must arrive within this time of its first byte "
+                        "(default: %(default)s)")
+    t.add_argument("--tcp-max-lifetime", type=float, default=120.0, metavar="SECONDS",
+                   help="close any TCP connection after this long, busy or not (default: %(default)s)")
+    t.add_argument("--tcp-max-unsent", type=int, default=131072, metavar="BYTES",
+                   help="answers waiting for a client that does not read: stop reading its queries above "
+                        "this, close it when it stays stuck for --tcp-idle-timeout (default: %(default)s)")
+    r = s.add_argument_group("response rate limiting, UDP only (docs/rrl.md)")
+    r.add_argument("--rrl-rate", type=float, default=0.0, metavar="N",
+                   help="responses per second to one client prefix for one answer class (and name, for "
+                        "positive answers); 0 = off (default: %(default)s; 20 is a common setting)")
+    r.add_argument("--rrl-class-rate", action="append", default=[], metavar="CLASS=N",
+                   help="a different rate for one class: response, nodata, nxdomain, referral, error "
+                        "(repeatable; default: --rrl-rate)")
+    r.add_argument("--rrl-slip", type=int, default=2, metavar="N",
+                   help="send every Nth limited response truncated (TC) so real clients retry over TCP; "
+                        "0 = drop all, 1 = truncate all (default: %(default)s)")
+    r.add_argument("--rrl-window", type=float, default=15.0, metavar="SECONDS",
+                   help="how long a flooding prefix stays limited after it slows down (default: %(default)s)")
+    r.add_argument("--rrl-ipv4-prefix", type=int, default=24, metavar="BITS",
+                   help="IPv4 prefix length of one client (default: %(default)s)")
+    r.add_argument("--rrl-ipv6-prefix", type=int, default=56, metavar="BITS",
+                   help="IPv6 prefix length of one client (default: %(default)s)")
+    r.add_argument("--rrl-exempt", action="append", default=[], metavar="CIDR",
+                   help="never limit clients in this prefix (repeatable)")
+    r.add_argument("--rrl-log-only", action="store_true",
+                   help="log and count what would be limited, but send every response")
+    r.add_argument("--rrl-table-size", type=int, default=100_000, metavar="N",
+                   help="rate-limit buckets kept; the least recently used go first (default: %(default)s)")
     s.add_argument("--no-watch", action="store_true", help="do not reload when files under --zones/--chains change")
     s.add_argument("--no-health", action="store_true", help="do not run the configured health checks")
     s.add_argument("--workers", type=int, default=None, metavar="N",
@@ -122,6 +157,28 @@ def _serve(args) -> int:
     if args.workers is not None and args.workers < 1:
         print("filterdns serve: --workers must be >= 1", file=sys.stderr)
         return 2
+    from filterdns.dns.rrl import RrlConfig
+
+    try:
+        rrl = RrlConfig.build(args.rrl_rate, args.rrl_class_rate, args.rrl_slip, args.rrl_window,
+                              args.rrl_ipv4_prefix, args.rrl_ipv6_prefix, args.rrl_exempt,
+                              args.rrl_log_only, args.rrl_table_size)
+    except ValueError as e:
+        print(f"filterdns serve: {e}", file=sys.stderr)
+        return 2
+    bad = [name for name, v, lo in (
+        ("--tcp-max-connections", args.tcp_max_connections, 1), ("--tcp-max-per-source", args.tcp_max_per_source, 1),
+        ("--tcp-idle-timeout", args.tcp_idle_timeout, 0.1), ("--tcp-message-timeout", args.tcp_message_timeout, 0.1),
+        ("--tcp-max-lifetime", args.tcp_max_lifetime, 1), ("--tcp-max-unsent", args.tcp_max_unsent, 65537))
+        if not v >= lo]
+    if bad:
+        print(f"filterdns serve: {', '.join(bad)} too small (see --help)", file=sys.stderr)
+        return 2
+    public = [h for h, _ in listen if not _loopback(h)]
+    if public and not rrl.enabled:
+        logging.getLogger("filterdns").warning(
+            "listening on %s without response rate limiting: a spoofed-source flood can use this "
+            "server as an amplifier; set --rrl-rate (e.g. 20)", ", ".join(public))
     opts = ServeOptions(
         listen=listen, zones=args.zones, chains=args.chains, geoip=args.geoip, metrics=metrics,
         control=control, control_token_file=args.control_token_file, state_dir=args.state_dir,
@@ -129,9 +186,21 @@ def _serve(args) -> int:
         etcd_key=args.etcd_key, etcd_user=args.etcd_user, etcd_password_file=args.etcd_password_file,
         health_policy=args.health_policy, instance=args.instance,
         max_drain_share=args.max_drain_share, tcp_max_connections=args.tcp_max_connections,
-        tcp_idle_timeout=args.tcp_idle_timeout, watch=not args.no_watch, health=not args.no_health,
+        tcp_idle_timeout=args.tcp_idle_timeout, tcp_max_per_source=args.tcp_max_per_source,
+        tcp_message_timeout=args.tcp_message_timeout, tcp_max_lifetime=args.tcp_max_lifetime,
+        tcp_max_unsent=args.tcp_max_unsent, rrl=rrl.to_dict() if rrl.enabled else None,
+        watch=not args.no_watch, health=not args.no_health,
         workers=args.workers if args.workers is not None else (os.cpu_count() or 1))
     return run(opts)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check(args) -> int:

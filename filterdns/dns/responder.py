@@ -71,6 +71,7 @@ class Responder:
         self.routes: dict = {}
         self.cache_gen = -1
         self._logged: set[str] = set()
+        self.rrl = None  # an rrl.Rrl for UDP responses, or None
 
     # ------------------------------------------------------------------ the query path
     def respond(self, data: bytes, src, transport: str, limit: int) -> bytes | None:
@@ -110,7 +111,10 @@ class Responder:
     def respond_udp(self, data: bytes, src) -> bytes | None:
         """UDP: the size limit is the client's (RFC 6891), known only after parsing, so it is
         passed as a sentinel and resolved in ``answer``."""
-        return self.respond(data, src, "udp", 0)
+        msg = self.respond(data, src, "udp", 0)
+        if msg is not None and self.rrl is not None:  # response rate limiting (dns/rrl.py)
+            return self.rrl.limit(msg, src)
+        return msg
 
     def answer(self, q: wire.Query, src, limit: int) -> tuple[bytes, int, bool]:
         state = self.holder.state

@@ -28,6 +28,10 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_filter_removed_total{filter}
     filterdns_tcp_connections                            gauge
     filterdns_tcp_refused_total
+    filterdns_tcp_closed_total{reason}                   reason in TCP_CLOSE_REASONS
+    filterdns_rrl_responses_total{class,action}          UDP response rate limiting (dns/rrl.py)
+    filterdns_rrl_buckets                                gauge: RRL buckets held
+    filterdns_rrl_evictions_total                        RRL buckets dropped (table full)
     filterdns_config_generation                          gauge
     filterdns_config_last_reload_success_timestamp_seconds
     filterdns_reloads_total{result}                      result: success | failure
@@ -83,6 +87,10 @@ BUCKETS: tuple[float, ...] = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )
 DRAIN_CAUSES = frozenset({"operator", "health"})
+#: why the server closed a TCP connection (serve/tcp.py)
+TCP_CLOSE_REASONS = frozenset({"idle", "read_deadline", "lifetime", "write_stall", "evicted",
+                               "per_source", "framing"})
+RRL_ACTIONS = frozenset({"passed", "dropped", "slipped", "logged", "exempt"})
 
 
 def _add(d: dict, key: Any, n: int | float = 1) -> None:
@@ -118,9 +126,12 @@ class Metrics:
         self._drains: dict[tuple[str, str], int] = {}  # (action, cause)
         self._probes: dict[tuple[str, str, str], int] = {}
         self._reloads: dict[str, int] = {}
+        self._tcp_closed: dict[str, int] = {}
+        self._rrl: dict[tuple[str, str], int] = {}
         self._scalars: dict[str, float] = {
             "ecs_formerr": 0, "truncated": 0, "servfail_exception": 0, "tcp_connections": 0,
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
+            "rrl_buckets": 0, "rrl_evictions": 0,
         }
 
     def bind(self, get_state: Callable[[], Any] | None, inventory: Any, store: Any = None) -> None:
@@ -182,6 +193,22 @@ class Metrics:
     def tcp_refused(self) -> None:
         self._scalars["tcp_refused"] += 1
 
+    def tcp_closed(self, reason: str) -> None:
+        """The server closed a TCP connection; reason in ``TCP_CLOSE_REASONS``."""
+        _add(self._tcp_closed, reason if reason in TCP_CLOSE_REASONS else "other")
+
+    def rrl(self, cls: str, action: str) -> None:
+        """One UDP response through RRL: its answer class and what happened to it."""
+        key = (cls, action)
+        r = self._rrl
+        r[key] = r.get(key, 0) + 1
+
+    def rrl_buckets(self, n: int) -> None:
+        self._scalars["rrl_buckets"] = n
+
+    def rrl_eviction(self) -> None:
+        self._scalars["rrl_evictions"] += 1
+
     # -- operations (control, reload, health, drainer) ------------------------------------------
     def reload_result(self, ok: bool, generation: int, when: float) -> None:
         """A reload attempt; on success the generation and time become current."""
@@ -218,6 +245,8 @@ class Metrics:
             "drains": dict(self._drains),
             "probes": dict(self._probes),
             "reloads": dict(self._reloads),
+            "tcp_closed": dict(self._tcp_closed),
+            "rrl": dict(self._rrl),
             "scalars": dict(self._scalars),
         }
 
@@ -308,6 +337,14 @@ class _Collector(Collector):
                                 value=sc["tcp_connections"])
         yield CounterMetricFamily("filterdns_tcp_refused", "TCP connections refused (limit reached).",
                                   value=sc["tcp_refused"])
+        yield _counter("filterdns_tcp_closed", "TCP connections closed by the server, by reason.",
+                       ["reason"], s.get("tcp_closed", {}))
+        yield _counter("filterdns_rrl_responses", "UDP responses through response rate limiting, "
+                       "by answer class and action.", ["class", "action"], s.get("rrl", {}))
+        yield GaugeMetricFamily("filterdns_rrl_buckets", "Response rate limiting buckets held.",
+                                value=sc.get("rrl_buckets", 0))
+        yield CounterMetricFamily("filterdns_rrl_evictions", "RRL buckets dropped because the table was full.",
+                                  value=sc.get("rrl_evictions", 0))
         yield GaugeMetricFamily("filterdns_config_generation", "Generation of the config being served.",
                                 value=sc["config_generation"])
         yield GaugeMetricFamily("filterdns_config_last_reload_success_timestamp_seconds",

@@ -86,9 +86,14 @@ def sockets_text(socks) -> str:
 class DnsListeners:
     """UDP and TCP transports of one process, all answering through one Responder."""
 
-    def __init__(self, responder, metrics, tcp_max_connections: int, tcp_idle_timeout: float):
+    def __init__(self, responder, metrics, tcp: dict, rrl: dict | None = None):
+        """``tcp``: ServeOptions.tcp_limits(); ``rrl``: RrlConfig.to_dict() or None (off)."""
         self.responder = responder
-        self.tcp_state = TcpServerState(responder, metrics, tcp_max_connections, tcp_idle_timeout)
+        if rrl:
+            from filterdns.dns.rrl import Rrl, RrlConfig
+
+            responder.rrl = Rrl(RrlConfig.from_dict(rrl), metrics)
+        self.tcp_state = TcpServerState(responder, metrics, **tcp)
         self.transports: list = []
         self.servers: list = []
         self.is_open = False

@@ -27,7 +27,20 @@ class ServeOptions:
     max_drain_share: float | None = None
     tcp_max_connections: int = 256
     tcp_idle_timeout: float = 10.0
+    tcp_max_per_source: int = 32
+    tcp_message_timeout: float = 5.0
+    tcp_max_lifetime: float = 120.0
+    tcp_max_unsent: int = 131072
+    rrl: dict | None = None  # dns.rrl.RrlConfig.to_dict(), or None for off
     watch: bool = True
     watch_interval: float = 1.0
     health: bool = True
     workers: int = 1
+
+    def tcp_limits(self, workers: int = 1) -> dict:
+        """The TCP limits of one process (serve/tcp.py). The connection caps are the server's:
+        with several workers each takes an equal share (rounded up)."""
+        return {"max_connections": -(-self.tcp_max_connections // workers),
+                "per_source": -(-self.tcp_max_per_source // workers),
+                "idle_timeout": self.tcp_idle_timeout, "message_timeout": self.tcp_message_timeout,
+                "lifetime": self.tcp_max_lifetime, "max_unsent": self.tcp_max_unsent}

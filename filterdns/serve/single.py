@@ -38,7 +38,7 @@ class SingleProcess(Runtime):
         o = self.opts
         socks = bind_sockets(o.listen)
         self.dns = DnsListeners(Responder(self.holder, self.inventory, self.metrics), self.metrics,
-                                o.tcp_max_connections, o.tcp_idle_timeout)
+                                o.tcp_limits(), o.rrl)
         await self.dns.open(socks)
         self.bound = [u.getsockname()[:2] for u, _t in socks]
         for u, t in socks:

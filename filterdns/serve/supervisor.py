@@ -134,8 +134,7 @@ class Supervisor(Runtime):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         o = self.opts
         args = {
-            "index": w.index, "tcp_max_connections": o.tcp_max_connections,
-            "tcp_idle_timeout": o.tcp_idle_timeout,
+            "index": w.index, "tcp": o.tcp_limits(self.n), "rrl": o.rrl,
             "sockets": [(u.fileno(), t.fileno()) for u, t in self.socks],
             "geo_fd": self.geo_fd, "geo_path": getattr(self.geo, "path", None),
         }

@@ -91,7 +91,7 @@ class Worker:
         # 2. listen, on the sockets the supervisor bound and passed down
         socks = [(socket.socket(fileno=u), socket.socket(fileno=t)) for u, t in self.args["sockets"]]
         dns = DnsListeners(Responder(self.holder, self.inventory, self.metrics), self.metrics,
-                           self.args["tcp_max_connections"], self.args["tcp_idle_timeout"])
+                           self.args["tcp"], self.args["rrl"])
         await dns.open(socks)
         st = self.holder.state
         channel.write(writer, {"op": "ready", "pid": os.getpid(), "generation": st.generation,
