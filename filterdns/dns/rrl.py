@@ -192,6 +192,17 @@ def slipped(msg: bytes) -> bytes:
     return _HDR.pack(qid, flags | _TC, qd, 0, 0, 1 if opt else 0) + msg[12:qend] + opt
 
 
+class _NoMetrics:
+    def rrl(self, cls, action):
+        pass
+
+    def rrl_buckets(self, n):
+        pass
+
+    def rrl_eviction(self):
+        pass
+
+
 class Rrl:
     """Decides, per UDP response, whether it is sent, dropped or sent truncated.
 
@@ -201,7 +212,7 @@ class Rrl:
 
     def __init__(self, config: RrlConfig, metrics=None, clock=time.monotonic):
         self.cfg = config
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else _NoMetrics()
         self.clock = clock
         self.rates = {c: config.rate_of(c) for c in CLASSES}
         self.table: dict = {}  # key -> [credit, last time, limited count, logged]
@@ -219,8 +230,7 @@ class Rrl:
         cls = classify(msg)
         m = self.metrics
         if p[2]:
-            if m is not None:
-                m.rrl(cls, "exempt")
+            m.rrl(cls, "exempt")
             return msg
         rate = self.rates[cls]
         if rate <= 0:
@@ -236,12 +246,10 @@ class Rrl:
             if len(table) >= self.cfg.table_size:
                 del table[next(iter(table))]  # the least recently used
                 self.evictions += 1
-                if m is not None:
-                    m.rrl_eviction()
+                m.rrl_eviction()
             table[key] = [rate - 1.0, now, 0, False]
-            if m is not None:
-                m.rrl(cls, "passed")
-                m.rrl_buckets(len(table))
+            m.rrl(cls, "passed")
+            m.rrl_buckets(len(table))
             return msg
         table[key] = b  # most recently used now
         credit = b[0] + (now - b[1]) * rate
@@ -256,24 +264,20 @@ class Rrl:
         if credit >= 0:
             if b[3]:
                 b[3] = False  # below the rate again: the next episode is logged anew
-            if m is not None:
-                m.rrl(cls, "passed")
+            m.rrl(cls, "passed")
             return msg
         b[2] += 1
         if not b[3]:
             b[3] = True
             self._log(p[1], cls, key, rate)
         if self.cfg.log_only:
-            if m is not None:
-                m.rrl(cls, "logged")
+            m.rrl(cls, "logged")
             return msg
         slip = self.cfg.slip
         if slip and b[2] % slip == 0:
-            if m is not None:
-                m.rrl(cls, "slipped")
+            m.rrl(cls, "slipped")
             return slipped(msg)
-        if m is not None:
-            m.rrl(cls, "dropped")
+        m.rrl(cls, "dropped")
         return None
 
     # ------------------------------------------------------------------ helpers

@@ -357,9 +357,48 @@ def _parse_strict(data: bytes, off: int, end: int, an: int, ns: int, ar: int, q:
     when the query had a usable one: exactly one OPT in the additional section, version 0.
     A TSIG-signed query gets NOTAUTH/BADKEY (RFC 8945 §5.2): this server holds no keys."""
     qid, flags, question = q.id, q.flags, q.question
-    opts = []  # (section, owner is the root octet, class, ttl, rdata start, rdata end)
-    tsig = None  # (owner start, owner end, rdata start, rdata end)
-    problem = None
+    opts, tsig, problem = _walk_records(data, off, end, an, ns, ar)
+    extra = [o for o in opts if o[0] == 2]
+    usable = len(extra) == 1 and not (extra[0][3] >> 16) & 0xFF
+    do = usable and bool(extra[0][3] & DO_BIT)
+
+    def formerr(reason):
+        return FormErr(reason, qid, flags, question, edns=usable, do=do)
+
+    if problem is not None:
+        raise formerr(problem)
+    if len(extra) != len(opts):
+        raise formerr("OPT record outside the additional section")
+    if len(extra) > 1:
+        raise FormErr("more than one OPT record", qid, flags, question)
+    ecs = None
+    if extra:
+        _, root_owner, rclass, ttl, o, oend = extra[0]
+        if not root_owner:
+            raise formerr("OPT record not owned by the root (a single zero octet)")
+        try:
+            ecs = _check_options(data, o, oend)
+        except ValueError as e:
+            raise formerr(str(e)) from None
+    import dns.message
+
+    try:  # records' data and every known option, as the strict parser sees them
+        dns.message.from_wire(data, keyring=False)
+    except Exception as e:  # noqa: BLE001 - any rejection is a malformed query
+        raise formerr(f"malformed record ({type(e).__name__}: {e})") from None
+    if tsig is not None:
+        raise _badkey(q, data, tsig, usable, do)
+    if extra:
+        _set_edns(q, rclass, ttl, ecs)
+
+
+def _walk_records(data: bytes, off: int, end: int, an: int, ns: int, ar: int):
+    """Walk every record after the question with the strict parser's name rules. Returns
+    (OPT records as (section, owner is the root octet, class, ttl, rdata start, rdata end),
+    the TSIG as (owner, rdata start, rdata end) when it is the last record, the first problem
+    found or None)."""
+    opts = []
+    tsig = None
     total = an + ns + ar
     try:
         for i in range(total):
@@ -380,52 +419,29 @@ def _parse_strict(data: bytes, off: int, end: int, an: int, ns: int, ar: int, q:
         if off != end:
             raise ValueError("trailing octets after the last record")
     except ValueError as e:
-        problem = str(e)
-    extra = [o for o in opts if o[0] == 2]
-    usable = len(extra) == 1 and not (extra[0][3] >> 16) & 0xFF
-    do = usable and bool(extra[0][3] & DO_BIT)
+        return opts, tsig, str(e)
+    return opts, tsig, None
 
-    def formerr(reason):
-        return FormErr(reason, qid, flags, question, edns=usable, do=do)
 
-    if problem is not None:
-        raise formerr(problem)
-    if len(extra) != len(opts):
-        raise formerr("OPT record outside the additional section")
-    if len(extra) > 1:
-        raise FormErr("more than one OPT record", qid, flags, question)
+def _check_options(data: bytes, o: int, oend: int):
+    """The options of an OPT record: framing, one valid ECS at most, COOKIE lengths. Returns
+    the ECS or None; ValueError says what is wrong."""
     ecs = None
-    if extra:
-        _, root_owner, rclass, ttl, o, oend = extra[0]
-        if not root_owner:
-            raise formerr("OPT record not owned by the root (a single zero octet)")
-        try:
-            while o < oend:
-                if o + 4 > oend:
-                    raise ValueError("truncated EDNS option")
-                code, olen = _HH.unpack_from(data, o)
-                o += 4
-                if o + olen > oend:
-                    raise ValueError("EDNS option runs past the OPT record")
-                if code == EDNS_ECS:
-                    if ecs is not None:
-                        raise ValueError("more than one ECS option")
-                    ecs = _parse_ecs(data[o:o + olen])
-                elif code == 10 and not _cookie_ok(olen):
-                    raise ValueError(f"COOKIE option of {olen} octets")
-                o += olen
-        except ValueError as e:
-            raise formerr(str(e)) from None
-    import dns.message
-
-    try:  # records' data and every known option, as the strict parser sees them
-        dns.message.from_wire(data, keyring=False)
-    except Exception as e:  # noqa: BLE001 - any rejection is a malformed query
-        raise formerr(f"malformed record ({type(e).__name__}: {e})") from None
-    if tsig is not None:
-        raise _badkey(q, data, tsig, usable, do)
-    if extra:
-        _set_edns(q, rclass, ttl, ecs)
+    while o < oend:
+        if o + 4 > oend:
+            raise ValueError("truncated EDNS option")
+        code, olen = _HH.unpack_from(data, o)
+        o += 4
+        if o + olen > oend:
+            raise ValueError("EDNS option runs past the OPT record")
+        if code == EDNS_ECS:
+            if ecs is not None:
+                raise ValueError("more than one ECS option")
+            ecs = _parse_ecs(data[o:o + olen])
+        elif code == 10 and not _cookie_ok(olen):
+            raise ValueError(f"COOKIE option of {olen} octets")
+        o += olen
+    return ecs
 
 
 def _badkey(q: Query, data: bytes, tsig, usable: bool, do: bool) -> "FormErr":
