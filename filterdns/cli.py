@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this instance's name in the fleet (default: hostname:control port)")
     s.add_argument("--max-drain-share", type=float, default=None, metavar="FRACTION",
                    help="largest share of a service's regions the health automation may drain (default: all but the last)")
+    s.add_argument("--http-allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host name the control API and metrics endpoint accept besides loopback names and "
+                        "the bound address (DNS rebinding guard), e.g. the name Prometheus scrapes (repeatable)")
     t = s.add_argument_group("TCP limits (RFC 7766 §6.2.3; docs/limits.md)")
     t.add_argument("--tcp-max-connections", type=int, default=256, metavar="N",
                    help="concurrent TCP connections for the whole server, shared equally by the workers; "
@@ -188,7 +191,7 @@ def _serve(args) -> int:
         max_drain_share=args.max_drain_share, tcp_max_connections=args.tcp_max_connections,
         tcp_idle_timeout=args.tcp_idle_timeout, tcp_max_per_source=args.tcp_max_per_source,
         tcp_message_timeout=args.tcp_message_timeout, tcp_max_lifetime=args.tcp_max_lifetime,
-        tcp_max_unsent=args.tcp_max_unsent, rrl=rrl.to_dict() if rrl.enabled else None,
+        tcp_max_unsent=args.tcp_max_unsent, http_allow_hosts=tuple(args.http_allow_host), rrl=rrl.to_dict() if rrl.enabled else None,
         watch=not args.no_watch, health=not args.no_health,
         workers=args.workers if args.workers is not None else (os.cpu_count() or 1))
     return run(opts)

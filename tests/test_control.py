@@ -219,11 +219,11 @@ def test_framing_limits(tmp_path):
 
         assert (await raw(b"GARBAGE\r\n\r\n")).startswith(b"HTTP/1.1 400")
         assert (await raw(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")).startswith(b"HTTP/1.1 431")
-        big = b"POST /reload HTTP/1.1\r\nContent-Length: 999999\r\n\r\n"
+        big = b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 999999\r\n\r\n"
         assert (await raw(big)).startswith(b"HTTP/1.1 413")
-        chunked = b"POST /reload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        chunked = b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
         assert (await raw(chunked)).startswith(b"HTTP/1.1 501")
-        ok = await raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        ok = await raw(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200") and b'"ok"' in ok
     run(tmp_path, go)
 

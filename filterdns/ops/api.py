@@ -20,14 +20,19 @@ Every mutating call (POST, DELETE) needs ``Authorization: Bearer <token>``. The 
 configure one; a missing or wrong token gets 401. Tokens are compared with
 ``hmac.compare_digest``.
 
-Status codes: 400 bad JSON/value, 401 token, 403 no token configured, 404 unknown path, region
-or service, 405 method, 409 refused by the drain safety rule, 411/413/431 request framing and
-size limits, 422 reload rejected, 501 chunked bodies, 503 the change could not be made durable
-or the state store is unreachable (nothing was changed).
+Status codes: 400 bad JSON/value or malformed request, 401 token, 403 no token configured, 404
+unknown path, region or service, 405 method, 408 request not received in time, 409 refused by
+the drain safety rule, 413/431 size limits, 421 Host not ours (DNS rebinding guard), 422 reload
+rejected, 501 chunked bodies, 503 every connection slot busy answering, or the change could not
+be made durable or the state store is unreachable (nothing was changed).
 
-The server is small on purpose: HTTP/1.1 request line, headers (at most 16 KiB), a
-``Content-Length`` body (at most 64 KiB), a timeout for reading each request, at most
-``max_connections`` connections at once, one request per connection (``Connection: close``).
+The server is small on purpose, and strict (``HttpServer`` lists what it survives): HTTP/1.1
+request line, headers (at most 16 KiB), a ``Content-Length`` body (at most 64 KiB, JSON at most
+32 levels deep), 10 s to send the whole request, 256 connections at once (idle ones give way to
+new ones), one request per connection (``Connection: close``), a Host allow-list (loopback
+names, the bound address, ``--http-allow-host`` names). It was kept rather than replaced by an
+HTTP library: every rule above would still be ours to write (libraries accept any Host and
+nest JSON without limit), and eight JSON endpoints do not need a framework on the DNS server.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ READ_TIMEOUT = 10.0
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
             413: "Payload Too Large", 422: "Unprocessable Entity", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+            421: "Misdirected Request", 500: "Internal Server Error", 501: "Not Implemented",
+            503: "Service Unavailable"}
 _REGION_PATH = re.compile(r"^/regions/([^/]+)/(drain|feed)$")
 
 
@@ -104,9 +110,11 @@ class Request:
         """The body as a JSON object ({} when empty); BadRequest otherwise."""
         if not self.body.strip():
             return {}
+        if not json_depth_ok(self.body):
+            raise BadRequest(f"body nests arrays/objects deeper than {MAX_JSON_DEPTH}")
         try:
             data = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise BadRequest(f"body is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise BadRequest("body must be a JSON object")
@@ -127,16 +135,84 @@ class HttpError(Exception):
         self.status, self.message = status, message
 
 
+#: RFC 9110 token characters (method and header names)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TARGET = re.compile(r"/[\x21-\x7e]*")
+_DIGITS = re.compile(r"[0-9]{1,10}")
+#: headers that may appear once: a second copy is a smuggling or confusion attempt
+_SINGLE = frozenset({"host", "content-length", "transfer-encoding", "authorization", "content-type"})
+MAX_JSON_DEPTH = 32
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "127.0.0.1", "::1", "[::1]"})
+
+
+def json_depth_ok(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when no array/object in ``body`` nests deeper than ``limit`` (strings skipped), so
+    json.loads cannot recurse without bound."""
+    depth = 0
+    in_str = esc = False
+    for c in body:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == 0x5C:
+                esc = True
+            elif c == 0x22:
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning for binding an HTTP endpoint to a non-loopback address, or None."""
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host in LOOPBACK_NAMES
+    if loopback:
+        return None
+    return (f"listening on {host}, which is not a loopback address: anyone who can reach it can "
+            "read the status pages (mutating calls still need the token); prefer 127.0.0.1 and a "
+            "proxy or firewall in front")
+
+
 class HttpServer:
-    """Minimal asyncio HTTP/1.1 server: one request per connection, bounded sizes and time."""
+    """Minimal asyncio HTTP/1.1 server: one request per connection, bounded sizes and time.
+
+    Abuse it survives: connections that never send a request (each has ``read_timeout`` for
+    its whole request, and when all ``max_connections`` slots are taken a new connection
+    displaces the oldest one still waiting for its request, so idle connections cannot lock
+    legitimate calls out); malformed or ambiguous framing (strict request line and header
+    syntax, Content-Length only ASCII digits and only once, no obs-fold, no control
+    characters, no Transfer-Encoding); DNS rebinding (the Host header must name a loopback
+    address, the bound address, any IP literal when bound to a wildcard, or a name in
+    ``allow_hosts``; else 421); deeply nested JSON (depth limit before parsing). A bad request
+    gets its 4xx and is not logged; a handler that fails is logged with its traceback once per
+    kind of failure and then only counted.
+    """
 
     def __init__(self, host: str, port: int, handler: Callable[[Request], Awaitable[Response]],
-                 name: str = "http", max_connections: int = 64, read_timeout: float = READ_TIMEOUT):
+                 name: str = "http", max_connections: int = 256, read_timeout: float = READ_TIMEOUT,
+                 allow_hosts: tuple[str, ...] = ()):
         self.host, self.port, self.handler, self.name = host, port, handler, name
         self.max_connections, self.read_timeout = max_connections, read_timeout
+        self.allow_hosts = frozenset(h.lower().rstrip(".") for h in allow_hosts)
         self._server: asyncio.AbstractServer | None = None
-        self._active = 0
         self._tasks: set[asyncio.Task] = set()
+        self._waiting: dict[asyncio.Task, float] = {}  # connections still reading their request
+        self._busy = 0  # connections being answered
+        self._failures: set[str] = set()
+        self.evicted = 0
+        self.failed = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -148,6 +224,9 @@ class HttpServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEADER)
         log.info("%s listening on %s:%d", self.name, *self.address)
+        warning = exposure_warning(self.host)
+        if warning:
+            log.warning("%s: %s", self.name, warning)
 
     async def stop(self) -> None:
         if self._server is None:
@@ -160,13 +239,25 @@ class HttpServer:
         await self._server.wait_closed()
         self._server = None
 
+    def _admit(self, task: asyncio.Task) -> bool:
+        """Take a slot for a new connection, displacing the oldest one that has not sent its
+        request yet when all are taken; False when every slot is answering a request."""
+        if len(self._waiting) + self._busy >= self.max_connections:
+            if not self._waiting:
+                return False
+            oldest = min(self._waiting, key=self._waiting.get)
+            del self._waiting[oldest]
+            oldest.cancel()
+            self.evicted += 1
+        self._waiting[task] = asyncio.get_running_loop().time()
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        self._active += 1
+        self._tasks.add(task)
+        busy = False
         try:
-            if self._active > self.max_connections:
+            if not self._admit(task):
                 await self._write(writer, json_response(503, {"error": "too many connections"}))
                 return
             try:
@@ -179,23 +270,62 @@ class HttpServer:
                 return
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
+            if self._waiting.pop(task, None) is None:
+                return  # displaced while its last bytes arrived
+            busy = True
+            self._busy += 1
             try:
                 resp = await self.handler(req)
-            except Exception:
-                log.exception("%s: handler failed for %s %s", self.name, req.method, req.path)
+            except Exception as e:  # noqa: BLE001 - answer 500, log the first of each kind
+                self._failed(req, e)
                 resp = json_response(500, {"error": "internal error (see the server log)", "code": "internal"})
             await self._write(writer, resp, head=req.method == "HEAD")
-        except (ConnectionError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError, asyncio.TimeoutError):
             pass
         finally:
-            self._active -= 1
-            if task is not None:
-                self._tasks.discard(task)
+            self._waiting.pop(task, None)
+            if busy:
+                self._busy -= 1
+            self._tasks.discard(task)
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (Exception, asyncio.CancelledError):
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001
                 pass
+
+    def _failed(self, req: Request, e: Exception) -> None:
+        self.failed += 1
+        key = f"{req.method} {req.path}: {type(e).__name__}"
+        if key in self._failures:
+            if self.failed % 100 == 0:
+                log.error("%s: %d handler failures so far (latest: %s %s, %s)", self.name,
+                          self.failed, req.method, req.path, type(e).__name__)
+            return
+        if len(self._failures) < 100:
+            self._failures.add(key)
+        log.error("%s: handler failed for %s %s", self.name, req.method, req.path, exc_info=e)
+
+    def _host_ok(self, value: str) -> bool:
+        """DNS rebinding guard: may a request naming this Host reach us?"""
+        import ipaddress
+
+        v = value.strip().lower()
+        if v.startswith("["):
+            host = v[1:].partition("]")[0]
+        else:
+            host = v.rpartition(":")[0] if v.count(":") == 1 else v
+        host = host.rstrip(".")
+        if not host:
+            return False
+        if host in LOOPBACK_NAMES or host in self.allow_hosts or host == self.host.lower():
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        # an IP literal cannot be rebound; a loopback one is always us, another only when bound
+        # to every address (we cannot know which of ours the client used)
+        return ip.is_loopback or self.host in ("0.0.0.0", "::", "")
 
     async def _read(self, reader: asyncio.StreamReader) -> Request:
         try:
@@ -206,34 +336,42 @@ class HttpServer:
             if not e.partial:
                 raise
             raise HttpError(400, "incomplete request") from None
-        try:
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, version = lines[0].split(" ")
-        except ValueError:
-            raise HttpError(400, "malformed request line") from None
-        if not version.startswith("HTTP/1."):
-            raise HttpError(400, f"unsupported protocol {version!r}")
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
+            raise HttpError(400, "malformed request line")
+        method, target, version = parts
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise HttpError(400, f"unsupported protocol {version[:20]!r}")
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            if not line:
-                continue
             name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise HttpError(400, "malformed header line")
-            headers[name.lower()] = value.strip()
+            if not sep or not _TOKEN.fullmatch(name):
+                raise HttpError(400, "malformed header line (or obsolete line folding)")
+            if _CTL.search(value):
+                raise HttpError(400, f"control character in header {name[:40]}")
+            key = name.lower()
+            if key in headers and key in _SINGLE:
+                raise HttpError(400, f"duplicate {name} header")
+            headers[key] = value.strip(" \t")
         if "transfer-encoding" in headers:
             raise HttpError(501, "chunked bodies are not supported; send Content-Length")
+        host = headers.get("host")
+        if host is None:
+            if version == "HTTP/1.1":
+                raise HttpError(400, "Host header required")
+        elif not self._host_ok(host):
+            raise HttpError(421, "Host header does not name this server (DNS rebinding guard); "
+                                 "use the address it listens on, or add the name with --http-allow-host")
         body = b""
         if "content-length" in headers:
             cl = headers["content-length"]
-            if not cl.isdigit():
-                raise HttpError(400, "bad Content-Length")
+            if not _DIGITS.fullmatch(cl):
+                raise HttpError(400, "Content-Length must be ASCII digits")
             n = int(cl)
             if n > MAX_BODY:
                 raise HttpError(413, f"body larger than {MAX_BODY} bytes")
             body = await reader.readexactly(n)
-        elif method in ("POST", "PUT", "PATCH"):
-            pass  # an empty body is fine for our POSTs
         parts = urlsplit(target)
         return Request(method.upper(), unquote(parts.path), parse_qs(parts.query, keep_blank_values=True),
                        headers, body)
@@ -294,11 +432,12 @@ class ControlServer(_Endpoint):
     """The control API bound to a ``Controller``. ``await start()`` / ``await stop()``."""
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 9154,
-                 token: str | None = None, render_metrics: Callable[[], bytes] | None = None):
+                 token: str | None = None, render_metrics: Callable[[], bytes] | None = None,
+                 allow_hosts: tuple[str, ...] = ()):
         self.controller = controller
         self.token = token
         self.render_metrics = render_metrics
-        self.http = HttpServer(host, port, self.handle, name="control API")
+        self.http = HttpServer(host, port, self.handle, name="control API", allow_hosts=allow_hosts)
         if token is None:
             log.warning("no control token configured: mutating control API calls are refused "
                         "(set --control-token-file or $%s)", TOKEN_ENV)
@@ -404,11 +543,12 @@ class ControlServer(_Endpoint):
 class MetricsServer(_Endpoint):
     """``GET /metrics`` (and ``/healthz``) only, for ``--metrics ADDR:PORT``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9153, render: Callable[[], bytes] | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 9153, render: Callable[[], bytes] | None = None,
+                 allow_hosts: tuple[str, ...] = ()):
         if render is None:
             from filterdns.ops.metrics import render_latest as render
         self.render = render
-        self.http = HttpServer(host, port, self.handle, name="metrics")
+        self.http = HttpServer(host, port, self.handle, name="metrics", allow_hosts=allow_hosts)
 
     async def handle(self, req: Request) -> Response:
         if req.method not in ("GET", "HEAD"):

@@ -77,7 +77,7 @@ async def start(server) -> None:
         except TokenError as e:
             raise WiringError(str(e)) from None
         control = ControlServer(server.controller, o.control[0], o.control[1], token=token,
-                                render_metrics=render)
+                                render_metrics=render, allow_hosts=tuple(o.http_allow_hosts))
         await control.start()
         server.add_aux("control API", control.stop)
         host, port = control.address
@@ -85,7 +85,7 @@ async def start(server) -> None:
                  "mutating calls need the bearer token" if token else
                  "read-only: no token configured, mutating calls are refused")
     if o.metrics is not None:
-        msrv = MetricsServer(o.metrics[0], o.metrics[1], render=render)
+        msrv = MetricsServer(o.metrics[0], o.metrics[1], render=render, allow_hosts=tuple(o.http_allow_hosts))
         await msrv.start()
         server.add_aux("metrics endpoint", msrv.stop)
         host, port = msrv.address

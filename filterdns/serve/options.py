@@ -31,6 +31,7 @@ class ServeOptions:
     tcp_message_timeout: float = 5.0
     tcp_max_lifetime: float = 120.0
     tcp_max_unsent: int = 131072
+    http_allow_hosts: tuple = ()  # Host names the control API and metrics answer besides loopback
     rrl: dict | None = None  # dns.rrl.RrlConfig.to_dict(), or None for off
     watch: bool = True
     watch_interval: float = 1.0
