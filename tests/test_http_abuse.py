@@ -116,7 +116,7 @@ def test_thousand_idle_connections_do_not_lock_out_calls(tmp_path):
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)
         ok = 0
-        for i in range(20):
+        for _ in range(20):
             status, _ = await raw(addr, get())
             ok += status == 200
         status, _ = await raw(addr, post("/regions/fra/drain", b'{"reason": "x"}',
