@@ -92,15 +92,26 @@ def test_drained_region_is_skipped(chains, geo):
     inv.drain("eu-west-2", None, "maintenance", "operator:test")
     res = resolve(chains, geo, "wss-primary", GB24, inv.status)
     assert res.regions == ("eu-west-1",)
-    assert ("up", 1) in res.removed
+    # an operator drain is hard: the region is no candidate, so no filter had to remove it
+    assert "eu-west-2" not in [a.name for a in chains.records["wss-primary.example.com."].answers(inv.status)]
+    assert res.removed == (("select_first_n", 9),)
 
 
-def test_health_down_service_is_skipped(chains, geo):
+def test_health_drained_service_is_skipped(chains, geo):
     inv = Inventory()
-    inv.set_health("eu-west-2", "wss", False)
+    inv.drain("eu-west-2", "wss", "health check failing", "health", cause="health")
     assert resolve(chains, geo, "wss-primary", GB24, inv.status).regions == ("eu-west-1",)
     # another service of the region is unaffected
     assert resolve(chains, geo, "api", GB24, inv.status).regions == ("eu-west-2",)
+
+
+def test_failing_health_without_a_drain_stays_in_dns(chains, geo):
+    # the verdict alone takes nothing out: the drain automation does, when the safety rule allows
+    inv = Inventory()
+    inv.set_health("eu-west-2", "wss", False)
+    assert resolve(chains, geo, "wss-primary", GB24, inv.status).regions == ("eu-west-2",)
+    st = {s.region: s for s in chains.records["wss-primary.example.com."].states(inv.status)}
+    assert st["eu-west-2"].reason == "held" and st["eu-west-2"].serving
 
 
 def test_over_high_watermark_is_shed(chains, geo):
@@ -114,12 +125,21 @@ def test_all_down_fails_open(chains, geo):
     # `up` is fail-open (NS1): with every region down the rest of the chain still routes
     inv = Inventory()
     for r in chains.regions:
-        inv.drain(r, None, "test", "operator:test")
+        inv.feed(r, None, {"up": False})
     res = resolve(chains, geo, "wss-primary", GB24, inv.status)
     assert res.regions == ("eu-west-2",) and not res.fallback
     assert "up" not in dict(res.removed)
     # wss-backup: every region is still a candidate, so the nearest three are used
     assert resolve(chains, geo, "wss-backup", GB24, inv.status).regions[0] in {"eu-west-2", "eu-west-1", "eu-central-1"}
+
+
+def test_all_operator_drained_is_nodata(chains, geo):
+    # operator drains are hard: neither fail-open nor the fallback brings a region back
+    inv = Inventory()
+    for r in chains.regions:
+        inv.drain(r, None, "test", "operator:test")
+    res = resolve(chains, geo, "wss-primary", GB24, inv.status)
+    assert res.regions == () and res.addresses == () and not res.fallback
 
 
 def test_all_shed_falls_back_to_everything(chains, geo):
@@ -213,7 +233,7 @@ def test_metadata_precedence():
     inv = Inventory()
     inv.feed("r", None, {"priority": 7, "weight": 9})      # runtime region level
     inv.feed("r", "web", {"connections": 10})               # runtime answer level
-    inv.drain("r", "web", "x", "operator:t")
+    inv.drain("r", "web", "x", "health", cause="health")
     m = merge_meta(record, cand, inv.status, "web")
     # answer (service config) still beats the runtime region value; runtime region beats region config
     assert (m["weight"], m["priority"], m["connections"], m["up"]) == (3, 7, 10, False)
@@ -237,7 +257,8 @@ def test_explain_text(chains, geo):
     text = explain(_State(chains, geo), "wss-primary.example.com", "A", client_from(subnet="81.2.69.0/24"),
                    inv.status)
     for part in ("client: ECS subnet 81.2.69.0/24", "location: GB (continent EU), 54.00, -2.50",
-                 "matched network 81.2.64.0/18 (prefix 18)", "1. up: 11 -> 10", "eu-west-1 removed: up=false",
+                 "matched network 81.2.64.0/18 (prefix 18)", "1. up: no change",
+                 "eu-west-1: not serving [operator_drain] drained by operator:t: maintenance (the whole region)",
                  "ap-south-1 shed: connections 9000 above high watermark 8000",
                  "3. geotarget_country: reordered", "eu-west-2 (319 km, same country)",
                  "answer (A, ttl 20): eu-west-2", "192.0.2.161", "ECS scope: /18"):

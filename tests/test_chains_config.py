@@ -97,7 +97,7 @@ EXPECTED = {
     "latency_bad_rtt.yaml": "latency table default, countries GB r2: RTT must be a number >= 0, got -1",
     "latency_unknown_region.yaml": "latency table default, countries GB: unknown region 'r3'",
     "latency_unknown_table.yaml": "chain near, filter 2 (latency): unknown latency table 'fast'",
-    "meta_bad_type.yaml": "region r1, meta up: must be true or false, got 'yes'",
+    "meta_bad_type.yaml": "region r1, meta up: must be true or false (or 1/0), got 'yes'",
     "meta_unknown_key.yaml": "unknown key 'wieght' (did you mean 'weight'?)",
     "options_not_mapping.yaml": "filter 3 (select_first_n): options must be a mapping",
     "record_bad_fallback.yaml": "record web.example.com, fallback: must be one of all, default_region, none",

@@ -17,10 +17,15 @@ from filterdns.ops.controller import Controller
 
 
 def make_state(names=("fra", "ams", "iad")):
-    regions = {n: Region(n, services=MappingProxyType({"wss": Service("wss", v4=("127.0.0.1",)),
-                                                       "api": Service("api", v4=("127.0.0.1",))}))
+    regions = {n: Region(n, meta=MappingProxyType({"up": True}),
+                         services=MappingProxyType({"wss": Service("wss", v4=("127.0.0.1",)),
+                                                    "api": Service("api", v4=("127.0.0.1",))}))
                for n in names}
-    return SimpleNamespace(generation=1, regions=MappingProxyType(regions), records={})
+    # one record per service whose chain reads `up`, as in the bundled config
+    records = {f"{s}.example.com.": SimpleNamespace(name=f"{s}.example.com.", service=s,
+                                                    meta=MappingProxyType({}), uses_up=True)
+               for s in ("wss", "api")}
+    return SimpleNamespace(generation=1, regions=MappingProxyType(regions), records=records)
 
 
 def setup(tmp_path, names=("fra", "ams", "iad"), **kw):
@@ -76,7 +81,9 @@ def test_last_region_never_drained_automatically(tmp_path):
         inv.set_health("ams", "api", True)
         await settle()
         assert m.snapshot()["drains"][("refused", "health")] == 1
-        assert [x["action"] for x in audit(tmp_path)].count("refused") == 1
+        held = [x for x in audit(tmp_path) if x["action"] == "held"]
+        assert len(held) == 1 and held[0]["state"] == "failing, held in DNS by the safety rule"
+        assert c.regions()["regions"]["iad"]["services"]["wss"]["reason"] == "held"
         # when another region recovers, the refused one can now be drained
         inv.set_health("fra", "wss", True)
         await settle()

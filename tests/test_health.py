@@ -155,7 +155,7 @@ def test_thresholds_with_a_real_target_started_and_stopped():
         server = await target()
         await hc.run_once(check)
         assert inv.status.health.get(("fra", "wss")) is None  # cold start: unknown until rise
-        assert inv.status.overrides("fra", "wss")[0].get("up", True) is True
+        assert ("fra", "wss") not in inv.status.health  # unknown takes nothing out of DNS
         await hc.run_once(check)
         assert inv.status.health[("fra", "wss")] is True
         server.close()

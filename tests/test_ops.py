@@ -20,8 +20,14 @@ def make_state(generation=1, names=("fra", "ams", "iad"), services=("wss", "api"
     regions = {}
     for i, name in enumerate(names):
         svcs = {s: Service(s, v4=(f"192.0.2.{i * 10 + j + 1}",)) for j, s in enumerate(services)}
-        regions[name] = Region(name, code=name.upper(), services=MappingProxyType(svcs))
-    return SimpleNamespace(generation=generation, regions=MappingProxyType(regions), records={}, loaded_at=0.0)
+        regions[name] = Region(name, code=name.upper(), services=MappingProxyType(svcs),
+                               meta=MappingProxyType({"up": True}))
+    # one record per service whose chain reads `up`, as in the bundled config
+    records = {f"{s}.example.com.": SimpleNamespace(name=f"{s}.example.com.", service=s,
+                                                    meta=MappingProxyType({}), uses_up=True)
+               for s in services}
+    return SimpleNamespace(generation=generation, regions=MappingProxyType(regions), records=records,
+                           loaded_at=0.0)
 
 
 def make(tmp_path, state=None, **kw):
@@ -43,7 +49,7 @@ def audit(tmp_path):
 def test_drain_then_undrain_audits_and_counts(tmp_path):
     c, inv, m, _ = make(tmp_path)
     r = run(c.drain("fra", "wss", reason="LB swap", actor="operator:alice"))
-    assert r.changed and "2 of 3 regions still serving" in r.message
+    assert r.changed and "DNS now: wss: 2 of 3 region(s) serving" in r.message
     assert inv.status.drained("fra", "wss").actor == "operator:alice"
     assert inv.status.drained("fra", "api") is None
     r = run(c.undrain("fra", "wss", actor="operator:bob"))
@@ -88,7 +94,8 @@ def test_safety_rule_refuses_last_region_unless_forced(tmp_path):
     run(c.drain("ams", "wss", reason="b"))
     with pytest.raises(Refused) as e:
         run(c.drain("iad", "wss", reason="c"))
-    assert "last undrained region serving wss" in e.value.message
+    assert "is the last region of wss that is serving and up" in e.value.message
+    assert "DNS answers NODATA" in e.value.message  # what DNS would do
     assert inv.status.drained("iad", "wss") is None
     # a region-level drain is checked for every service: api still has ams and iad
     with pytest.raises(Refused):
@@ -207,9 +214,11 @@ def test_regions_view(tmp_path):
     fra = v["regions"]["fra"]
     assert fra["drain"]["reason"] == "all of fra"
     assert fra["services"]["wss"]["drained"] and fra["services"]["wss"]["drain"] is None
-    assert fra["services"]["wss"]["up"] is False
+    assert fra["services"]["wss"]["serving"] is False and fra["services"]["wss"]["reason"] == "operator_drain"
     assert v["regions"]["ams"]["services"]["wss"]["health"] == "down"
-    assert v["regions"]["ams"]["services"]["wss"]["up"] is False
+    # a failing check with no drain (the automation is not running here) is held in DNS
+    assert v["regions"]["ams"]["services"]["wss"]["serving"] is True
+    assert v["regions"]["ams"]["services"]["wss"]["reason"] == "held"
     assert v["regions"]["ams"]["services"]["api"]["health"] == "unknown"
     assert v["regions"]["iad"]["services"]["api"]["feeds"] == {"loadavg": 1.0}
     assert v["regions"]["iad"]["services"]["api"]["v4"] == ["192.0.2.22"]

@@ -271,5 +271,5 @@ def test_explain_live_uses_the_running_servers_drains(osrv):
                           timeout=60, env=env)
     assert offline.returncode == 0 and live.returncode == 0, live.stderr
     assert "answer (A, ttl 20): eu-west-2" in offline.stdout
-    assert "eu-west-2 removed: up=false" in live.stdout
+    assert "eu-west-2: not serving [operator_drain] drained by operator:" in live.stdout
     assert "answer (A, ttl 20): eu-west-1" in live.stdout

@@ -96,7 +96,7 @@ def test_status_table(server, capsys):
     assert run(["status", "--control", server.control]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[1].split()[:6] == ["REGION", "SERVICE", "ADDRS", "HEALTH", "UP", "LOAD"]
+    assert lines[1].split()[:7] == ["REGION", "SERVICE", "ADDRS", "HEALTH", "DNS", "LOAD", "WHY"]
     fra = next(line for line in lines if line.startswith("fra"))
     assert "drained by operator:alice" in fra and "LB swap" in fra and " NO " in fra and " 2 " in fra
     ams = next(line for line in lines if line.startswith("ams"))
@@ -112,12 +112,12 @@ def test_status_json(server, capsys):
 def test_drain_refused_then_forced_then_undrain(server, token_file, capsys):
     c = ["--control", server.control, "--token-file", token_file]
     assert run(["drain", "fra", "--service", "wss", "--reason", "maint", *c]) == 0
-    assert "drained region fra service wss (wss: 1 of 2 regions still serving)" in capsys.readouterr().out
+    assert "drained region fra service wss; DNS now: wss: 1 of 2 region(s) serving" in capsys.readouterr().out
     d = server.inventory.status.drains[("fra", "wss")]
     assert d.reason == "maint" and d.actor.startswith("operator:")
     assert run(["drain", "ams", "--reason", "x", *c]) == 1
     err = capsys.readouterr().err
-    assert "last undrained region serving wss" in err and "HTTP 409" in err
+    assert "would leave no region of wss serving and up" in err and "HTTP 409" in err
     assert ("ams", None) not in server.inventory.status.drains
     assert run(["drain", "ams", "--reason", "x", "--force", *c]) == 0
     assert run(["undrain", "ams", *c]) == 0

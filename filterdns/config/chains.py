@@ -66,8 +66,9 @@ def _meta_checks() -> Mapping[str, Callable[[Any], str | None]]:
             return None
         return f
 
-    def boolean(v: Any) -> str | None:
-        return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+    def up_value(v: Any) -> str | None:  # NS1 accepts 1/0 for up
+        return None if isinstance(v, bool) or (type(v) is int and v in (0, 1)) \
+            else f"must be true or false (or 1/0), got {v!r}"
 
     def text(v: Any) -> str | None:
         return None if isinstance(v, str) else f"must be a string, got {v!r}"
@@ -101,7 +102,7 @@ def _meta_checks() -> Mapping[str, Callable[[Any], str | None]]:
         return None
 
     return MappingProxyType({
-        "up": boolean,
+        "up": up_value,
         "connections": number(0),
         "requests": number(0),
         "loadavg": number(0),
@@ -262,7 +263,7 @@ class _Loader:
             if reason:
                 self.err(m.value_loc(k), f"{what}, meta {k}: {reason}")
                 continue
-            out[k] = _freeze(v)
+            out[k] = bool(v) if k == "up" else _freeze(v)
         lo, hi = out.get("low_watermark"), out.get("high_watermark")
         if lo is not None and hi is not None and lo > hi:
             self.err(m.value_loc("low_watermark"),

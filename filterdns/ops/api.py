@@ -7,10 +7,14 @@ Endpoints (JSON in and out; errors are ``{"error": "...", "code": "..."}`` with 
     GET    /regions                       regions x services: addresses, meta, health, drains, feeds,
                                           the state store (up, staleness) and the fleet's instances
     GET    /audit?limit=N                 the audit log (fleet-wide with an etcd store), oldest first
-    POST   /regions/{region}/drain        body or query: service, reason, force, actor
+    GET    /status                        the raw runtime snapshot (drains, health, feeds, expiries)
+    POST   /regions/{region}/drain        body or query: service, reason, force, actor, for (90, "2h")
     DELETE /regions/{region}/drain        body or query: service, reason, actor
-    POST   /regions/{region}/feed         {"service": optional, "values": {"up": bool, "connections": n,
-                                           "requests": n, "loadavg": n}}
+    POST   /regions/{region}/feed         {"service": optional, "values": {"up": bool or 1/0,
+                                           "connections": n, "requests": n, "loadavg": n},
+                                           "ttl": optional duration: the values expire after it}
+    DELETE /regions/{region}/feed         {"service": optional, "keys": optional list (default all),
+                                           "reason", "actor"}: clear feed values (audited)
     POST   /reload                        200 {"ok": true, ...}; 422 {"ok": false, "reasons": [...]}
     GET    /metrics                       Prometheus text exposition
 
@@ -508,18 +512,23 @@ class ControlServer(_Endpoint):
                 if bad := self._only(req, "POST", "DELETE") or self._authorize(req):
                     return bad
                 if method == "POST":
-                    p = _params(req, {"service", "reason", "force", "actor"})
+                    p = _params(req, {"service", "reason", "force", "actor", "for"})
                     r = await c.drain(region, p.get("service"), p.get("reason") or "", actor=self._actor(p),
-                                cause="operator", force=p.get("force", False))
+                                      cause="operator", force=p.get("force", False), duration=p.get("for"))
                 else:
                     p = _params(req, {"service", "reason", "actor"})
                     r = await c.undrain(region, p.get("service"), actor=self._actor(p), cause="operator",
                                   reason=p.get("reason") or "")
                 return json_response(200, r.to_json())
-            if bad := self._only(req, "POST") or self._authorize(req):
+            if bad := self._only(req, "POST", "DELETE") or self._authorize(req):
                 return bad
-            p = _params(req, {"service", "values"})
-            r = await c.feed(region, p.get("service"), p.get("values"))
+            if method == "DELETE":
+                p = _params(req, {"service", "keys", "reason", "actor"})
+                r = await c.clear_feed(region, p.get("service"), p.get("keys"), actor=self._actor(p),
+                                       reason=p.get("reason") or "")
+                return json_response(200, r.to_json())
+            p = _params(req, {"service", "values", "ttl"})
+            r = await c.feed(region, p.get("service"), p.get("values"), ttl=p.get("ttl"))
             return json_response(200, r.to_json())
         return json_response(404, {"error": f"no such endpoint {path}", "code": "not_found"})
 

@@ -12,9 +12,11 @@ Examples::
     filterdns status
     filterdns drain fra --service wss --reason "LB maintenance, CHG-1234"
     filterdns drain fra --reason "last one, I know" --force
+    filterdns drain fra --reason "kernel upgrade" --for 2h
     filterdns undrain fra --service wss
     filterdns reload
-    filterdns feed fra --service wss --loadavg 0.7 --connections 1200
+    filterdns feed fra --service wss --loadavg 0.7 --connections 1200 --ttl 5m
+    filterdns feed fra --service wss --clear up
 """
 
 from __future__ import annotations
@@ -151,26 +153,51 @@ def _load_text(feeds: dict) -> str:
     return " ".join(parts) or "-"
 
 
+def _until_text(until: float | None, now: float) -> str:
+    if not until:
+        return ""
+    left = max(0, int(until - now))
+    return f", expires in {left // 3600}h{left % 3600 // 60:02d}m" if left >= 3600 else \
+        f", expires in {left // 60}m{left % 60:02d}s"
+
+
 def format_status(data: dict, now: float | None = None) -> str:
-    """The ``status`` table: one row per region and service."""
+    """The ``status`` table: one row per region and service, saying what DNS does and why."""
     now = time.time() if now is None else now
-    rows = [("REGION", "SERVICE", "ADDRS", "HEALTH", "UP", "LOAD", "DRAIN")]
+    rows = [("REGION", "SERVICE", "ADDRS", "HEALTH", "DNS", "LOAD", "WHY")]
+    notes: list[str] = []
     for rname, region in data.get("regions", {}).items():
         services = region.get("services", {})
         if not services:
             rows.append((rname, "-", "0", "-", "-", _load_text(region.get("feeds", {})),
                          _drain_text(region.get("drain"), now)))
         for sname, svc in services.items():
-            own = svc.get("drain")
-            drain = _drain_text(own, now) if own else _drain_text(region.get("drain"), now, inherited=True)
             feeds = {**region.get("feeds", {}), **svc.get("feeds", {})}
+            dns = "held" if svc.get("held") else ("yes" if svc.get("serving") else "NO")
+            why = svc.get("why") or "-"
+            d = svc.get("drain") or region.get("drain")
+            if d and d.get("until") and svc.get("reason") == "operator_drain":
+                why += _until_text(d["until"], now)
+            if d and svc.get("reason") == "operator_drain":
+                why += f" ({_ago(d.get('since'), now)})"
             rows.append((rname, sname, str(len(svc.get("v4", [])) + len(svc.get("v6", []))),
-                         svc.get("health", "unknown"), "yes" if svc.get("up") else "NO",
-                         _load_text(feeds), drain))
+                         svc.get("health", "unknown"), dns, _load_text(feeds), why))
+            for rec, st in (svc.get("records") or {}).items():
+                notes.append(f"  {rec} sees {rname}/{sname} differently: "
+                             f"{'serving' if st.get('serving') else 'not serving'} ({st.get('why')})")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows]
     lines.insert(0, f"config generation {data.get('config_generation')}, "
                     f"status generation {data.get('status_generation')}")
+    services = data.get("services") or {}
+    if services:
+        lines.append("")
+        for svc, text in services.items():
+            lines.append(f"{svc}: {text}")
+    if notes:
+        lines.append("")
+        lines.append("records that see a region differently from their service:")
+        lines.extend(notes)
     orphans = data.get("orphans") or []
     if orphans:
         lines.append("")
@@ -203,6 +230,8 @@ def drain_main(args: argparse.Namespace) -> int:
     """Drain a region (or one service of it); refused for the last serving region without --force."""
     body = {"service": getattr(args, "service", None), "reason": getattr(args, "reason", None) or "",
             "force": bool(getattr(args, "force", False)), "actor": _actor()}
+    if getattr(args, "duration", None):
+        body["for"] = args.duration
     if not body["reason"].strip():
         print("error: --reason is required (say why, for the audit log)", file=sys.stderr)
         return EXIT_USAGE
@@ -241,27 +270,51 @@ def reload_main(args: argparse.Namespace) -> int:
 
 
 def feed_main(args: argparse.Namespace) -> int:
-    """Push data-feed values (up, connections, requests, loadavg) for a region or service."""
+    """Push data-feed values (up, connections, requests, loadavg) for a region or service, or
+    clear them (--clear KEY, or --clear all)."""
+    clear = getattr(args, "clear", None) or []
     values: dict[str, Any] = {}
     up = getattr(args, "up", None)
     if up is not None:
         if str(up).lower() not in ("true", "false", "yes", "no", "1", "0"):
-            print(f"error: --up must be true or false, got {up!r}", file=sys.stderr)
+            print(f"error: --up must be true or false (or 1/0), got {up!r}", file=sys.stderr)
             return EXIT_USAGE
         values["up"] = str(up).lower() in ("true", "yes", "1")
     for key in ("connections", "requests", "loadavg"):
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
+    if clear:
+        if values or getattr(args, "ttl", None):
+            print("error: --clear cannot be combined with values or --ttl", file=sys.stderr)
+            return EXIT_USAGE
+        cbody: dict[str, Any] = {"service": getattr(args, "service", None), "actor": _actor(),
+                                 "reason": getattr(args, "reason", None) or ""}
+        if "all" not in clear:
+            cbody["keys"] = clear
+
+        def go_clear():
+            answer = _call(args, "DELETE", _region_path(args.region, "feed"), cbody, auth=True)
+            if not getattr(args, "json", False):
+                print(answer.get("message", "done"))
+                for svc, text in (answer.get("dns") or {}).items():
+                    print(f"  DNS now: {svc}: {text}")
+            return answer
+        return _run(args, go_clear)
     if not values:
-        print("error: give at least one of --up, --connections, --requests, --loadavg", file=sys.stderr)
+        print("error: give at least one of --up, --connections, --requests, --loadavg (or --clear KEY)",
+              file=sys.stderr)
         return EXIT_USAGE
-    body = {"service": getattr(args, "service", None), "values": values}
+    body: dict[str, Any] = {"service": getattr(args, "service", None), "values": values}
+    if getattr(args, "ttl", None):
+        body["ttl"] = args.ttl
 
     def go():
         answer = _call(args, "POST", _region_path(args.region, "feed"), body, auth=True)
         if not getattr(args, "json", False):
             print(f"{answer.get('message', 'done')}: {json.dumps(answer.get('values', {}), sort_keys=True)}")
+            for svc, text in (answer.get("dns") or {}).items():
+                print(f"  DNS now: {svc}: {text}")
         return answer
     return _run(args, go)
 
@@ -288,6 +341,8 @@ def add_subparsers(subparsers: Any) -> None:
     p.add_argument("--reason", help="why (required; goes to the audit log)")
     p.add_argument("--force", action="store_true",
                    help="drain even if it leaves the service with no (or too few) serving regions")
+    p.add_argument("--for", dest="duration", metavar="DURATION",
+                   help="undrain by itself after this long (90s, 15m, 2h, 1d); the expiry is audited")
     _common(p)
     p.set_defaults(func=drain_main)
 
@@ -308,9 +363,14 @@ def add_subparsers(subparsers: Any) -> None:
                               description=feed_main.__doc__)
     p.add_argument("region", help="region name")
     p.add_argument("--service", help="feed values for this service instead of the whole region")
-    p.add_argument("--up", metavar="true|false", help="up metadata value")
+    p.add_argument("--up", metavar="true|false|1|0", help="up metadata value")
     p.add_argument("--connections", type=float, help="current connections")
     p.add_argument("--requests", type=float, help="current request rate")
     p.add_argument("--loadavg", type=float, help="load average")
+    p.add_argument("--ttl", metavar="DURATION",
+                   help="drop these values after this long (90s, 5m, 1h), so a dead feeder cannot pin them")
+    p.add_argument("--clear", action="append", metavar="KEY",
+                   help="clear this feed value (repeatable; 'all' clears every value); audited")
+    p.add_argument("--reason", help="why (with --clear; goes to the audit log)")
     _common(p)
     p.set_defaults(func=feed_main)

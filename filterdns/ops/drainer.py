@@ -7,9 +7,13 @@ of the event loop, never inside the inventory's notification, so snapshots stay 
    or unknown because its check was removed) is undrained, actor ``health``;
 2. every (region, service) whose health is down and that is not drained at that key is drained
    with cause and actor ``health`` through ``Controller.drain``, so the safety rule applies
-   (never ``force``): the last undrained region of a service, or more than ``max_drain_share``
-   of them, is never drained automatically. A refusal is audited and counted once per outage,
-   and retried at every later change (e.g. when another region recovers).
+   (never ``force``), on effective state: the last region of a service that is up, or more
+   than ``max_drain_share`` of them, is never drained automatically. A health drain is soft
+   (``up: false``, subject to fail-open). A region the rule refuses stays in DNS, shown as
+   "failing, held in DNS by the safety rule" (``region_state`` state ``held``) in status,
+   ``/regions`` and metrics; the refusal is audited (action ``held``) and counted once per
+   outage, and retried at every later change (a region recovering, an undrain, a feed value, an
+   expiry), so it is drained as soon as the rule allows.
 
 Operator drains win: a (region, service) drained by an operator is never undrained by the
 automation, and an operator undrain of a health drain stands until the health verdict changes
@@ -52,7 +56,8 @@ class Drainer:
         self._loop = None
 
     def _on_change(self, status: Any, event: dict) -> None:
-        if event.get("action") in ("health", "drain", "undrain", "restore", "remote", "leader"):
+        if event.get("action") in ("health", "drain", "undrain", "restore", "remote", "leader", "feed",
+                                   "feed_clear", "expire"):
             self._schedule()
 
     def _schedule(self) -> None:
@@ -113,7 +118,7 @@ class Drainer:
                 continue
             if self._handled.get((region, service)) is False:
                 continue  # drained once in this outage, then undrained by an operator: leave it
-            if (region, service) in self._refused and c.check_drain(region, service):
+            if (region, service) in self._refused and c.check_drain(region, service, cause=CAUSE):
                 continue  # still refused; already audited and counted in this outage
             try:
                 r = await c.drain(region, service, reason="health check failing", actor=ACTOR, cause=CAUSE)
@@ -124,7 +129,7 @@ class Drainer:
                 if (region, service) not in self._refused:
                     self._refused.add((region, service))
                     log.warning("not draining %s/%s: %s", region, service, e.message)
-                    done.append(f"refused {region}/{service}")
+                    done.append(f"held {region}/{service}")
                 continue
             self._refused.discard((region, service))
             self._handled[(region, service)] = False

@@ -40,7 +40,10 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_health_probes_total{region,service,result}
     -- collected at scrape time from the config State and the Inventory --
     filterdns_inventory_generation
-    filterdns_region_up{region,service}                  effective up (drain, health, feeds)
+    filterdns_region_serving{region,service}             1 when DNS sends clients there
+    filterdns_region_up{region,service}                  the effective up value filters read
+    filterdns_region_held{region,service}                1 when failing but held in DNS by the safety rule
+    filterdns_region_state{region,service,state}         1 for the current state (region_state.REASONS)
     filterdns_region_drained{region,service}
     filterdns_region_health{region,service,state}        state: up | down | unknown (1 = current)
     filterdns_region_feed{region,service,key}            service "" for region-level feed values
@@ -398,8 +401,19 @@ class _Collector(Collector):
         yield GaugeMetricFamily("filterdns_inventory_generation",
                                 "Generation of the runtime status (drains, health, feeds).",
                                 value=status.generation)
-        up = GaugeMetricFamily("filterdns_region_up", "Effective up of a region's service (1 up).",
+        from filterdns.routing.region_state import REASONS, snapshot
+
+        serving = GaugeMetricFamily("filterdns_region_serving",
+                                    "1 when DNS sends clients to the region's service (region_state).",
+                                    labels=["region", "service"])
+        up = GaugeMetricFamily("filterdns_region_up", "Effective up value of a region's service (1 up).",
                                labels=["region", "service"])
+        held = GaugeMetricFamily("filterdns_region_held",
+                                 "1 when the service fails its health check but the safety rule holds it in DNS.",
+                                 labels=["region", "service"])
+        rstate = GaugeMetricFamily("filterdns_region_state",
+                                   "Effective state of a region's service (1 for the current state).",
+                                   labels=["region", "service", "state"])
         drained = GaugeMetricFamily("filterdns_region_drained", "1 if the region's service is drained.",
                                     labels=["region", "service"])
         health = GaugeMetricFamily("filterdns_region_health",
@@ -409,14 +423,19 @@ class _Collector(Collector):
                                  "Data-feed values (service \"\" for region level; up as 0/1).",
                                  labels=["region", "service", "key"])
         regions = getattr(state, "regions", None) or {}
+        snap = snapshot(state, status)
         known: set = set()
         for rname, region in sorted(regions.items()):
             known.add((rname, None))
-            for sname, svc in sorted(region.services.items()):
+            for sname in sorted(region.services):
                 known.add((rname, sname))
-                answer, region_level = status.overrides(rname, sname)
-                eff = answer.get("up", region_level.get("up", svc.meta.get("up", region.meta.get("up", True))))
-                up.add_metric([rname, sname], 1 if eff else 0)
+                st = snap.get(rname, sname)
+                if st is not None:
+                    serving.add_metric([rname, sname], 1 if st.serving else 0)
+                    up.add_metric([rname, sname], 1 if st.up else 0)
+                    held.add_metric([rname, sname], 1 if st.held else 0)
+                    for reason in REASONS:
+                        rstate.add_metric([rname, sname, reason], 1 if reason == st.reason else 0)
                 drained.add_metric([rname, sname], 1 if status.drained(rname, sname) else 0)
                 h = status.health.get((rname, sname))
                 cur = "unknown" if h is None else ("up" if h else "down")
@@ -428,7 +447,10 @@ class _Collector(Collector):
             for key, v in sorted(values.items()):
                 if isinstance(v, (bool, int, float)) and math.isfinite(float(v)):
                     feed.add_metric([rname, sname or "", key], float(v))
+        yield serving
         yield up
+        yield held
+        yield rstate
         yield drained
         yield health
         yield feed

@@ -62,12 +62,22 @@ async def start(server) -> None:
     from filterdns.ops.drainer import Drainer
     from filterdns.ops.health import HealthChecker
 
+    import asyncio
+
     o = server.opts
     m = server.metrics
     m.bind(lambda: server.holder.state, server.inventory, store=server.controller.store)
     store = server.controller.store
     await store.start()
     server.add_aux("state store", store.stop)
+    # drains and feed values with an expiry are dropped (and audited) at their time
+    expiry = asyncio.get_running_loop().create_task(server.controller.run_expiry(), name="expiry")
+
+    async def stop_expiry():
+        expiry.cancel()
+        await asyncio.gather(expiry, return_exceptions=True)
+
+    server.add_aux("expiry", stop_expiry)
     m.config_loaded(server.holder.state.generation, server.holder.state.loaded_at)
     render = m.render if server.render_metrics is None else server.render_metrics
 

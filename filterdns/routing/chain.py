@@ -5,16 +5,20 @@ filter instances, the regions that have its service and their pre-packed address
 ``resolve`` only looks things up:
 
 1. the client's location (only if some enabled filter reads the client),
-2. the candidate answers: one per region with the record's service, metadata merged with the
-   runtime status (cached per ``Status`` snapshot, so a drain or feed value takes effect on
-   the next query and nothing is rebuilt in between),
+2. the candidate answers: one per region with the record's service that is not drained by an
+   operator, metadata merged with the runtime status and the ``up`` value set from the
+   region's effective state (``filterdns.routing.region_state``, the one place that decides
+   it), cached per ``Status`` snapshot, so a drain or feed value takes effect on the next
+   query and nothing is rebuilt in between,
 3. each enabled filter in order,
 4. the fallback if the chain left nothing while there were candidates,
 5. every address of every selected region for the family asked.
 
-Metadata precedence (NS1): answer over region over record. Per level, runtime values (drains,
-health, data feeds) override the config. So, lowest first: record ``meta``, region ``meta``,
-runtime region feed, service ``meta``, runtime service feed/drain/health.
+Metadata precedence (NS1): answer over region over record. Per level, runtime values (data
+feeds; a health drain for ``up``) override the config. So, lowest first: record ``meta``,
+region ``meta``, runtime region feed, service ``meta``, runtime service feed. An operator drain
+is not metadata: the drained region is no candidate at all (fail-open and the fallback never
+bring it back).
 
 ECS scope: 0 when no enabled filter reads the client. Otherwise the geo database's matched
 network length (in the client's family), raised to what a filter needs of the client's own
@@ -36,7 +40,8 @@ from typing import Any, Mapping
 
 from filterdns.routing.filters.base import EMPTY, Answer, Context, Filter
 from filterdns.routing.geo import UNKNOWN, GeoDB, Location
-from filterdns.routing.inventory import Region, Status
+from filterdns.routing.inventory import EMPTY as _NOTHING, Region, Status
+from filterdns.routing.region_state import RegionState, region_state, service_states
 from filterdns.model import AAAA, Client
 
 FALLBACKS = ("all", "default_region", "none")
@@ -95,14 +100,22 @@ class Candidate:
     meta: Mapping[str, Any]  # service-level config meta
 
 
-def merge_meta(record_meta: Mapping[str, Any], c: Candidate, status: Status, service: str) -> Mapping[str, Any]:
-    """Metadata of one answer with NS1 precedence (see module docstring)."""
-    answer_rt, region_rt = status.overrides(c.region.name, service)
+def merge_meta(record_meta: Mapping[str, Any], c: Candidate, status: Status, service: str,
+               state: RegionState | None = None) -> Mapping[str, Any]:
+    """Metadata of one answer with NS1 precedence (see module docstring). ``up`` is the
+    region's effective ``up`` (``state``, else computed for this region alone)."""
+    name = c.region.name
     m = dict(record_meta)
     m.update(c.region.meta)
-    m.update(region_rt)
+    m.update(status.feeds.get((name, None), _NOTHING))
     m.update(c.meta)
-    m.update(answer_rt)
+    m.update(status.feeds.get((name, service), _NOTHING))
+    if state is None:
+        state = region_state(c.region, service, status, record_meta)
+    if state.up is None:
+        m.pop("up", None)
+    else:
+        m["up"] = state.up
     return MappingProxyType(m)
 
 
@@ -128,14 +141,21 @@ class DynamicRecord:
     line: int = 0
     _cell: list = field(default_factory=lambda: [None, ()], repr=False, compare=False)
 
+    def states(self, status: Status) -> tuple[RegionState, ...]:
+        """Every candidate region's effective state for this record (``region_state``)."""
+        return service_states((c.region for c in self.candidates), self.service, status, self.meta,
+                              self.uses_up)
+
     def answers(self, status: Status) -> tuple[Answer, ...]:
-        """The candidate answers merged with ``status`` (cached per snapshot)."""
+        """The candidate answers under ``status``: operator-drained regions left out, metadata
+        merged, ``up`` from the region state (cached per snapshot)."""
         cell = self._cell
         if cell[0] is status:
             return cell[1]
         out = tuple(
-            Answer(c.region.name, c.region, c.v4, c.v6, merge_meta(self.meta, c, status, self.service))
-            for c in self.candidates
+            Answer(c.region.name, c.region, c.v4, c.v6, merge_meta(self.meta, c, status, self.service, st), st)
+            for c, st in zip(self.candidates, self.states(status))
+            if not st.excluded
         )
         cell[0], cell[1] = status, out
         return out
@@ -154,6 +174,8 @@ class DynamicRecord:
     def __post_init__(self) -> None:
         enabled = tuple(s for s in self.steps if not s.disabled)
         object.__setattr__(self, "_enabled", enabled)
+        #: whether the chain reads ``up`` (an enabled ``up`` filter): region_state needs it
+        object.__setattr__(self, "uses_up", any(s.filter.name == "up" for s in enabled))
         object.__setattr__(self, "_prefix_filters", tuple(s.filter for s in enabled if s.filter.needs_prefix))
         filters = tuple(s.filter for s in enabled)
         object.__setattr__(self, "_filters", filters)

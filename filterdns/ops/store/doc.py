@@ -4,8 +4,9 @@ Shape (``state.json``, the etcd ``<prefix>/state`` value and the local etcd snap
 
     {"version": 1, "saved_at": <unix>, "drains": [<drain>...], "feeds": [<feed>...]}
     drain: {"region": str, "service": str|null, "reason": str, "actor": str,
-            "cause": "operator"|"health", "since": <unix>}
-    feed:  {"region": str, "service": str|null, "values": {"up": bool, "loadavg": n, ...}}
+            "cause": "operator"|"health", "since": <unix>, "until": <unix> (optional expiry)}
+    feed:  {"region": str, "service": str|null, "values": {"up": bool, "loadavg": n, ...},
+            "until": {key: <unix>} (optional expiry per value)}
 
 ``parse_doc`` never raises on content: it returns the clean document and one problem per bad
 entry (``drains[2]: ...``) so a partly bad file keeps every valid entry. Only bytes that are not
@@ -72,6 +73,8 @@ def parse_doc(data: Any) -> tuple[dict, list[str]]:
             bad.append(f"cause must be one of {', '.join(CAUSES)}")
         if not _num(d.get("since", 0)):
             bad.append("since must be a number")
+        if d.get("until") is not None and not _num(d.get("until")):
+            bad.append("until must be a number or null")
         if bad:
             problems.append(f"{where} ({t[0]}{'/' + t[1] if t[1] else ''}): {'; '.join(bad)}: {_show(d)}")
             continue
@@ -81,6 +84,8 @@ def parse_doc(data: Any) -> tuple[dict, list[str]]:
         drains[t] = {"region": t[0], "service": t[1], "reason": d.get("reason", ""),
                      "actor": d.get("actor", ""), "cause": d.get("cause", "operator"),
                      "since": float(d.get("since", 0))}
+        if d.get("until") is not None:
+            drains[t]["until"] = float(d["until"])
     raw_feeds = data.get("feeds", [])
     if not isinstance(raw_feeds, list):
         problems.append(f"feeds: must be a list, got {_show(raw_feeds)}")
@@ -103,6 +108,13 @@ def parse_doc(data: Any) -> tuple[dict, list[str]]:
             problems.append(f"{where}: a second feed entry for {t[0]}{'/' + t[1] if t[1] else ''}; keeping the first")
             continue
         feeds[t] = {"region": t[0], "service": t[1], "values": values}
+        until = f.get("until")
+        if until is not None:
+            if not isinstance(until, dict) or not all(k in values and _num(v) for k, v in until.items()):
+                problems.append(f"{where} ({t[0]}{'/' + t[1] if t[1] else ''}): until must map feed keys "
+                                f"to unix times, got {_show(until)}; the values are kept without expiry")
+            elif until:
+                feeds[t]["until"] = {k: float(v) for k, v in until.items()}
     return {"drains": list(drains.values()), "feeds": list(feeds.values())}, problems
 
 

@@ -43,6 +43,8 @@ class Answer:
     v4: tuple[bytes, ...]
     v6: tuple[bytes, ...]
     meta: Mapping[str, Any]
+    #: the region's effective state (``filterdns.routing.region_state.RegionState``), if known
+    state: Any = None
 
     def __repr__(self) -> str:
         return f"Answer({self.name})"

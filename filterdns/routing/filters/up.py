@@ -4,8 +4,10 @@ Removes every answer whose ``up`` metadata is false or unset. If that would remo
 answer, returns all of them unchanged (fail-open, as NS1 does: better to send clients to a
 region believed down than to send them nowhere).
 
-``up`` is effectively false when an operator or a health check drained the region or the
-service (runtime status), whatever the config says; a data feed can also push it.
+The ``up`` value is the region's effective one (``filterdns.routing.region_state``): NS1
+precedence over config and data feeds, ``false`` while a health drain is in force. ``1``/``0``
+are accepted for true/false in config and feeds. A region drained by an operator never reaches
+any filter (it is no candidate), so fail-open cannot bring it back.
 
 Options: none.
 
@@ -40,5 +42,6 @@ class Up(Filter):
             for a in answers:
                 if a.meta.get("up") is not True:
                     v = a.meta.get("up")
-                    ctx.note(a.name, f"removed: up={'unset' if v is None else str(v).lower()}")
+                    why = f" ({a.state.why})" if a.state is not None else ""
+                    ctx.note(a.name, f"removed: up={'unset' if v is None else str(v).lower()}{why}")
         return kept
