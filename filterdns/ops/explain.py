@@ -73,6 +73,13 @@ def _group(notes: Iterable[tuple[str, str]]) -> list[str]:
     return out
 
 
+def _state_lines(rec: Any, status: Status) -> list[str]:
+    """Each region whose effective state (filterdns.routing.region_state, the one DNS acts on)
+    is not plainly "up": serving or not, the state and why."""
+    return [f"  {st.region}: {'serving' if st.serving else 'not serving'} [{st.reason}] {st.why}"
+            for st in rec.states(status) if st.reason != "up"]
+
+
 def explain(state: Any, name: str, qtype: str | int, client: Client, status: Status | None = None,
             rng: random.Random | None = None) -> str:
     """The text of ``filterdns explain`` (pure; raises KeyError for a name with no chain)."""
@@ -113,10 +120,7 @@ def explain(state: Any, name: str, qtype: str | int, client: Client, status: Sta
         w(f"location: {loc.country or '??'}{sub} (continent {loc.continent or '?'}), {coords}{asn}; "
           f"matched network {_net_text(client, loc.prefix_len)} (prefix {loc.prefix_len})")
     w(f"candidates: {len(rec.candidates)} region(s) with service {rec.service}")
-    # each region's effective state (filterdns.routing.region_state), the same one DNS acts on
-    for st in rec.states(status):
-        if st.reason != "up":
-            w(f"  {st.region}: {'serving' if st.serving else 'not serving'} [{st.reason}] {st.why}")
+    lines.extend(_state_lines(rec, status))
     for st in res.trace or ():
         head = f"{st.position}. {st.filter}" + (f"({st.options})" if st.options else "")
         if st.disabled:

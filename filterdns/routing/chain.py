@@ -154,7 +154,7 @@ class DynamicRecord:
             return cell[1]
         out = tuple(
             Answer(c.region.name, c.region, c.v4, c.v6, merge_meta(self.meta, c, status, self.service, st), st)
-            for c, st in zip(self.candidates, self.states(status))
+            for c, st in zip(self.candidates, self.states(status), strict=True)
             if not st.excluded
         )
         cell[0], cell[1] = status, out
