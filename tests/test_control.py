@@ -126,7 +126,7 @@ def test_drain_undrain_over_http(tmp_path):
         assert h.inventory.status.drained("fra", "wss") is not None
         # the last region serving wss is refused, with the reason; force overrides
         status, data = await h.call("POST", "/regions/ams/drain?service=wss", {"reason": "x"}, token=TOKEN)
-        assert status == 409 and data["code"] == "refused" and "would leave no region of wss serving and up" in data["error"]
+        assert status == 409 and data["code"] == "refused" and "is the last region of wss that is serving and up" in data["error"]
         assert h.inventory.status.drained("ams", "wss") is None
         status, data = await h.call("POST", "/regions/ams/drain?service=wss&force=true", {"reason": "x"}, token=TOKEN)
         assert status == 200 and data["changed"]

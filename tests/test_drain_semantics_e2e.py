@@ -106,7 +106,7 @@ def test_feed_down_eleven_then_drain_the_two_left(srv):
     # the last region that is up: refused, and the reply says what DNS would do
     r = cli(srv, "drain", "lon", "--service", "wss", "--reason", "LB swap")
     assert r.returncode == 1
-    assert "would leave no region of wss serving and up" in r.stderr
+    assert "is the last region of wss that is serving and up" in r.stderr
     assert "DNS fails open to 11 region(s) believed down" in r.stderr
     assert gb(srv) == {"lon"}
     # forced: both drained regions stay out; fail-open serves the nearest region believed down

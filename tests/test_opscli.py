@@ -117,7 +117,7 @@ def test_drain_refused_then_forced_then_undrain(server, token_file, capsys):
     assert d.reason == "maint" and d.actor.startswith("operator:")
     assert run(["drain", "ams", "--reason", "x", *c]) == 1
     err = capsys.readouterr().err
-    assert "would leave no region of wss serving and up" in err and "HTTP 409" in err
+    assert "is the last region of wss that is serving and up" in err and "HTTP 409" in err
     assert ("ams", None) not in server.inventory.status.drains
     assert run(["drain", "ams", "--reason", "x", "--force", *c]) == 0
     assert run(["undrain", "ams", *c]) == 0

@@ -201,7 +201,7 @@ def test_check_drain_is_pure_and_counts_effective_state(tmp_path):
                                         ("r3", None): MappingProxyType({"up": False})}))
     verdict = region_state.check_drain(state, st, drain("r1", None, "operator"))
     assert not verdict.allowed
-    assert "would leave no region of web serving and up" in verdict.problems[0]
+    assert "r1 is the last region of web that is serving and up" in verdict.problems[0]
     assert "DNS fails open to 2 region(s) believed down (r2, r3)" in verdict.problems[0]
     # draining a region that is already out changes nothing DNS does: allowed
     assert region_state.check_drain(state, st, drain("r2", "web", "operator")).allowed

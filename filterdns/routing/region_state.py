@@ -355,8 +355,13 @@ def check_drain(state: Any, status: Status, drain: Drain, max_share: float = 1.0
             up_left = [s for s in now_after.values() if s.ok]
             total = len(now_after)
             if not up_left:
-                problems.append(f"draining {drain.region} would leave no region of {svc} serving and up{who}; "
-                                f"afterwards {summarize(now_after.values())['dns']}")
+                dns_after = summarize(now_after.values())["dns"]
+                if mine.ok:
+                    problems.append(f"{drain.region} is the last region of {svc} that is serving and "
+                                    f"up{who}; afterwards {dns_after}")
+                else:
+                    problems.append(f"draining {drain.region} would leave no region of {svc} serving "
+                                    f"and up{who}; afterwards {dns_after}")
             elif total - len(up_left) > max_share * total:
                 problems.append(
                     f"draining {drain.region} would leave {total - len(up_left)} of {total} regions of "
