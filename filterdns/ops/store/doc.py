@@ -43,6 +43,17 @@ def _target(entry: dict, i: str) -> tuple[str, str | None] | str:
     return region, service
 
 
+def _feed_until(until: Any, feed: dict, where: str, problems: list[str]) -> None:
+    """A feed entry's optional ``until`` ({key: unix time}) into ``feed``, or one problem."""
+    if until is None:
+        return
+    if not isinstance(until, dict) or not all(k in feed["values"] and _num(v) for k, v in until.items()):
+        problems.append(f"{where}: until must map feed keys to unix times, got {_show(until)}; "
+                        f"the values are kept without expiry")
+    elif until:
+        feed["until"] = {k: float(v) for k, v in until.items()}
+
+
 def parse_doc(data: Any) -> tuple[dict, list[str]]:
     """(clean document, problems). ``data`` is the decoded JSON value."""
     from filterdns.ops.controller import BadRequest, validate_feed_values
@@ -108,13 +119,7 @@ def parse_doc(data: Any) -> tuple[dict, list[str]]:
             problems.append(f"{where}: a second feed entry for {t[0]}{'/' + t[1] if t[1] else ''}; keeping the first")
             continue
         feeds[t] = {"region": t[0], "service": t[1], "values": values}
-        until = f.get("until")
-        if until is not None:
-            if not isinstance(until, dict) or not all(k in values and _num(v) for k, v in until.items()):
-                problems.append(f"{where} ({t[0]}{'/' + t[1] if t[1] else ''}): until must map feed keys "
-                                f"to unix times, got {_show(until)}; the values are kept without expiry")
-            elif until:
-                feeds[t]["until"] = {k: float(v) for k, v in until.items()}
+        _feed_until(f.get("until"), feeds[t], f"{where} ({t[0]}{'/' + t[1] if t[1] else ''})", problems)
     return {"drains": list(drains.values()), "feeds": list(feeds.values())}, problems
 
 
