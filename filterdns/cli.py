@@ -218,7 +218,9 @@ def _check(args) -> int:
             print(p, file=sys.stderr)
         print(f"{len(e.problems)} problem(s) found", file=sys.stderr)
         return 1
-    print(f"ok: {state.summary}")
+    for w in state.warnings:  # likely mistakes that do not stop loading
+        print(w, file=sys.stderr)
+    print(f"ok: {state.summary}" + (f", {len(state.warnings)} warning(s)" if state.warnings else ""))
     return 0
 
 

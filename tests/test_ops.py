@@ -139,6 +139,8 @@ def test_undrain_not_drained_is_a_noop(tmp_path):
 
 @pytest.mark.parametrize("values,ok", [
     ({"up": False}, True),
+    ({"up": 1, "loadavg": 0}, True),
+    ({"up": 2}, False),
     ({"loadavg": 0.5, "connections": 10, "requests": 3}, True),
     ({"up": "false"}, False),
     ({"loadavg": -1}, False),
@@ -147,7 +149,7 @@ def test_undrain_not_drained_is_a_noop(tmp_path):
     ({"cpu": 1}, False),
     ({}, False),
     ([1], False),
-], ids=["up", "numbers", "up-string", "negative", "nan", "bool-number", "unknown-key", "empty", "list"])
+], ids=["up", "up-1-0", "up-2", "numbers", "up-string", "negative", "nan", "bool-number", "unknown-key", "empty", "list"])
 def test_feed_validation(tmp_path, values, ok):
     c, inv, _, _ = make(tmp_path)
     if ok:

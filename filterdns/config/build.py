@@ -108,4 +108,5 @@ def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
         chains_dir=str(chains_dir),
         summary=summary,
         health=tuple(getattr(chains, "health", ()) or ()),
+        warnings=tuple(getattr(chains, "warnings", ()) or ()),
     )

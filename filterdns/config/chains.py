@@ -133,6 +133,8 @@ class Chains:
     chains: Mapping[str, tuple[Step, ...]] = field(default_factory=lambda: MappingProxyType({}))
     latency_tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     health: tuple = ()  # filterdns.ops.health.CheckSpec, from the top-level ``health`` section
+    #: things that load but are likely mistakes (``filterdns check`` prints them, exit 0)
+    warnings: tuple[Problem, ...] = ()
 
 
 _PATH_PART = re.compile(r"\.?([A-Za-z_][\w-]*)|\[(\d+)\]")
@@ -468,7 +470,28 @@ class _Loader:
         if self.problems:
             raise ConfigError(sorted(self.problems, key=lambda p: (p.file, p.line or 0, p.col or 0)))
         return Chains(regions, MappingProxyType(records), default, files, MappingProxyType(chains),
-                      bctx.latency_tables, health)
+                      bctx.latency_tables, health, self._warnings(records))
+
+    def _warnings(self, records: Mapping[str, DynamicRecord]) -> tuple[Problem, ...]:
+        """A record whose chain reads ``up`` while a region of its service has ``up`` at no
+        level (record, region, service meta): that region never gets traffic unless a data feed
+        sets ``up`` (a Route 53 user expects "no health check = healthy")."""
+        readers: dict[tuple[str, str], list[DynamicRecord]] = {}
+        for rec in records.values():
+            if not rec.uses_up or rec.meta.get("up") is not None:
+                continue
+            for c in rec.candidates:
+                if c.meta.get("up") is None and c.region.meta.get("up") is None:
+                    readers.setdefault((c.region.name, rec.service), []).append(rec)
+        out = []
+        for (region, service), recs in sorted(readers.items()):
+            loc = self.region_src.get(region)
+            names = ", ".join(f"{r.name.rstrip('.')} ({r.file}:{r.line})" for r in recs)
+            msg = (f"warning: region {region}, service {service}: no up value at any level (record, "
+                   f"region or service meta), but the up filter of {names} reads it: the region never "
+                   f"gets traffic unless a data feed sets up (add meta: {{up: true}})")
+            out.append(Problem(loc.file, loc.line, loc.col, msg) if loc else Problem("", None, None, msg))
+        return tuple(out)
 
     def _health(self, regions: Mapping[str, Region]) -> tuple:
         """The ``health`` section: probes per region and service (schema in filterdns.ops.health)."""

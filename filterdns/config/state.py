@@ -31,6 +31,8 @@ class State:
     chains_dir: str = ""
     summary: str = ""
     health: tuple = field(default=())  # health-check specs from the chains config, if any
+    #: likely mistakes that do not stop loading (``errors.Problem`` with "warning: ..." messages)
+    warnings: tuple = field(default=())
 
 
 class StateHolder:

@@ -117,6 +117,8 @@ class Runtime:
                 return False, reasons
             log.info("reload (%s): generation %d in service (%s) in %.0f ms", cause, gen,
                      new.summary, (time.perf_counter() - t0) * 1000)
+            for w in getattr(new, "warnings", ()):
+                log.warning("%s", w)
             return True, []
 
     async def commit(self, new: State) -> tuple[bool, list[str]]:
@@ -141,6 +143,8 @@ class Runtime:
             self._watch_task = asyncio.create_task(watcher.run(self._stop))
         st = self.holder.state
         log.info("serving generation %d: %s", st.generation, st.summary)
+        for w in getattr(st, "warnings", ()):
+            log.warning("%s", w)
 
     async def start_dns(self) -> None:
         raise NotImplementedError
