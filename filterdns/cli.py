@@ -1,4 +1,4 @@
-"""Command line: serve | check | explain | status | drain | undrain | reload | feed."""
+"""Command line: serve | check | explain | status | drain | undrain | reload | feed | simulate."""
 
 from __future__ import annotations
 
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rate-limit buckets kept; the least recently used go first (default: %(default)s)")
     s.add_argument("--no-watch", action="store_true", help="do not reload when files under --zones/--chains change")
     s.add_argument("--no-health", action="store_true", help="do not run the configured health checks")
+    s.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="seed the routing RNG (shuffle, shed_load) so that, with --workers 1, the same "
+                        "queries in the same order get the same answers (simulations, tests)")
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes serving the same DNS sockets, under one supervisor "
                         "that owns the control API, metrics and health checks "
@@ -136,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     from filterdns.ops import client as opscli
 
     opscli.add_subparsers(sub)
+    from filterdns.sim.runner import add_parser as add_simulate
+
+    add_simulate(sub)
     return ap
 
 
@@ -193,7 +199,7 @@ def _serve(args) -> int:
         tcp_message_timeout=args.tcp_message_timeout, tcp_max_lifetime=args.tcp_max_lifetime,
         tcp_max_unsent=args.tcp_max_unsent, http_allow_hosts=tuple(args.http_allow_host), rrl=rrl.to_dict() if rrl.enabled else None,
         watch=not args.no_watch, health=not args.no_health,
-        workers=args.workers if args.workers is not None else (os.cpu_count() or 1))
+        workers=args.workers if args.workers is not None else (os.cpu_count() or 1), seed=args.seed)
     return run(opts)
 
 

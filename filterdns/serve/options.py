@@ -37,6 +37,9 @@ class ServeOptions:
     watch_interval: float = 1.0
     health: bool = True
     workers: int = 1
+    #: seed of the routing RNG (shuffle, shed_load); None: seeded from the OS. With one worker
+    #: the same queries in the same order get the same answers (`filterdns simulate` relies on it)
+    seed: int | None = None
 
     def tcp_limits(self, workers: int = 1) -> dict:
         """The TCP limits of one process (serve/tcp.py). The connection caps are the server's:

@@ -9,6 +9,7 @@ restored the durable drains into the inventory, so no query is answered without 
 from __future__ import annotations
 
 import logging
+import random
 
 from filterdns.config.state import State
 from filterdns.dns.responder import Responder
@@ -37,7 +38,8 @@ class SingleProcess(Runtime):
     async def start_dns(self) -> None:
         o = self.opts
         socks = bind_sockets(o.listen)
-        self.dns = DnsListeners(Responder(self.holder, self.inventory, self.metrics), self.metrics,
+        rng = random.Random(o.seed) if o.seed is not None else None
+        self.dns = DnsListeners(Responder(self.holder, self.inventory, self.metrics, rng=rng), self.metrics,
                                 o.tcp_limits(), o.rrl)
         await self.dns.open(socks)
         self.bound = [u.getsockname()[:2] for u, _t in socks]
