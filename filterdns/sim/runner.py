@@ -99,7 +99,9 @@ def simulate(path: str, *, zones: str = "zones", chains: str = "chains", geoip: 
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     if out:
-        write_outputs(runs, out, sf.path, plots)
+        written = write_outputs(runs, out, sf.path, plots)
+        for r in runs:
+            r["files"] = written
     return runs
 
 

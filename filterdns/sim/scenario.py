@@ -492,7 +492,8 @@ def _events(ck: _Checker, raw: LocDict, duration: float, locs: dict) -> tuple[Ev
             ck.err(ev.value_loc("reason"), f"{what}.reason: must be a string")
             ok = False
         if ok:
-            out.append(Event(float(at), act, region, service, mode, reason, _plain(values), force, str(el)))
+            out.append(Event(float(at), act, region, service, mode, reason, _plain(values), force,
+                             str(ev.value_loc(act))))
             locs[f"events[{i}]"] = str(ev.value_loc(act))
     out.sort(key=lambda e: e.at)  # stable: same-time events keep file order
     return tuple(out)
