@@ -359,7 +359,7 @@ def test_cli_prints_the_table_and_writes_the_files(tmp_path):
                         "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "region" in r.stdout and "eu-west-1" in r.stdout
-    assert "base: sim    60/60 s" in r.stderr  # the progress line
+    assert "base:  60/60 s, 300 up, 0 degraded" in r.stderr  # the progress line
     for f in ("summary.txt", "summary.json", "events-base.csv", "overview.png"):
         assert (out / f).stat().st_size > 100, f
 

@@ -57,7 +57,7 @@ OK, FAIL, REJECT, NODNS = "ok", "fail", "reject", "nodns"
 class Model:
     def __init__(self, sc, pop, regions: list[str], addr_region: dict[str, str], dns, control,
                  health_defaults: dict[str, tuple[float, int, int]] | None = None,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[["Model", float, float], None] | None = None):
         self.sc = sc
         self.pop = pop
         self.regions = list(regions)
@@ -167,16 +167,10 @@ class Model:
             if self.progress is not None:
                 now = time.monotonic()
                 if now >= next_progress:
-                    next_progress = now + 0.5
-                    self.progress(self._progress_line(batch[-1][0], now - wall0))
+                    next_progress = now + 0.25
+                    self.progress(self, batch[-1][0], now - wall0)
         if self.progress is not None:
-            self.progress(self._progress_line(end_t, time.monotonic() - wall0))
-
-    def _progress_line(self, t: float, wall: float) -> str:
-        hit = 100.0 * self.cache_hits / self.lookups if self.lookups else 0.0
-        return (f"{self.sc.name}: sim {t:5.0f}/{self.sc.duration:.0f} s | connected {sum(self.conns):,} | "
-                f"degraded {self.degraded_now:,} | DNS {self.queries:,} queries, {hit:.0f}% cache hits | "
-                f"{wall:.1f} s")
+            self.progress(self, end_t, time.monotonic() - wall0)
 
     # ------------------------------------------------------------------ DNS through resolvers
     def _cached(self, res: int, rec: int, sub: int, t: float):
@@ -396,6 +390,25 @@ class Model:
         self.push(t + self.sc.feeds["interval"], FEED)
 
 
-def stderr_progress(line: str) -> None:
+PROGRESS_FIELDS = 5  # simulated time, duration, connected, degraded, DNS queries
+
+
+def progress_values(model: Model, t: float) -> tuple[float, ...]:
+    return (t, model.sc.duration, sum(model.conns), model.degraded_now, model.queries)
+
+
+def progress_line(names: list[str], values, wall: float) -> str:
+    """One line for every run in progress: ``name: 312/600 s, 19,998 up, 0 degraded | ... | 12.3 s``."""
+    parts = []
+    queries = 0
+    for i, name in enumerate(names):
+        t, dur, conn, deg, q = values[i * PROGRESS_FIELDS:(i + 1) * PROGRESS_FIELDS]
+        queries += int(q)
+        short = name if len(name) <= 20 else name[:19] + "~"
+        parts.append(f"{short}: {t:3.0f}/{dur:.0f} s, {int(conn):,} up, {int(deg):,} degraded")
+    return " | ".join(parts) + f" | {queries:,} DNS queries, {wall:.1f} s"
+
+
+def stderr_line(line: str) -> None:
     sys.stderr.write("\r" + line + "\x1b[K")
     sys.stderr.flush()

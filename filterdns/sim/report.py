@@ -235,6 +235,7 @@ def format_table(summaries: list[dict]) -> str:
             ("reconnect p99 (s)", lambda s: _fmt(s["failure"]["reconnect_p99"])),
             ("not reconnected", lambda s: _fmt(s["failure"]["not_reconnected"])),
             ("hit failed region again", lambda s: f"{100 * (s['failure']['hit_failed_again_share'] or 0):.1f}%"),
+            ("... through the backup", lambda s: f"{100 * _share(s['failure']['hit_failed_again_via_backup'], s['failure']['broken']):.1f}%"),
             ("peak degraded clients", lambda s: _fmt(s["degraded"]["peak"])),
         ]
         busiest = _busiest(summaries)
@@ -246,6 +247,10 @@ def format_table(summaries: list[dict]) -> str:
         lines += _table(rows, [""] + [s["variant"] for s in summaries])
         lines.append("")
     return "\n".join(lines)
+
+
+def _share(n: int, total: int) -> float:
+    return n / total if total else 0.0
 
 
 def _busiest(summaries: list[dict], n: int = 4) -> list[str]:

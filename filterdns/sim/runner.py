@@ -8,7 +8,9 @@
 3. build the population once (countries, real /24s from the geo database, resolvers);
 4. for each variant: start a fresh ``filterdns serve`` on loopback (the variant's chains
    overrides go into a temporary copy of the chains directory), run the model against it,
-   stop it; or use ``server=`` (an already running server) for a single variant;
+   stop it; or use ``server=`` (an already running server) for a single variant. Variants run
+   at once in forked processes (``jobs``, default one per variant up to the CPU count); each
+   run is independent, so the numbers do not depend on ``jobs``;
 5. summarize each run from its event log; write ``summary.txt``, ``summary.json``,
    ``events-<variant>.csv`` and the PNGs (``plots.write_plots``) under ``out``.
 
@@ -29,7 +31,7 @@ from pathlib import Path
 from filterdns.errors import ConfigError, Problem
 from filterdns.sim import backend, report
 from filterdns.sim.dnsclient import Batch
-from filterdns.sim.model import Model, stderr_progress
+from filterdns.sim.model import PROGRESS_FIELDS, Model, progress_line, progress_values, stderr_line
 from filterdns.sim.population import build_population
 from filterdns.sim.scenario import Scenario, check_against_config, load_scenario
 
@@ -48,7 +50,7 @@ def simulate(path: str, *, zones: str = "zones", chains: str = "chains", geoip: 
              server: tuple[str, int] | None = None, control: tuple[str, int] | None = None,
              token: str | None = None, compare: bool = False, variant: str | None = None,
              out: str | None = "sim-out", plots: bool = True, progress: bool = True,
-             log=None) -> list[dict]:
+             log=None, jobs: int | None = None) -> list[dict]:
     """Run the scenario at ``path``; see the module docstring. Raises ``ConfigError``."""
     say = log or (lambda m: print(m, file=sys.stderr))
     sf = load_scenario(path)
@@ -72,9 +74,9 @@ def simulate(path: str, *, zones: str = "zones", chains: str = "chains", geoip: 
                                    "over); drop --server for --compare")])
     base_state = _config(zones, chains, geoip)
     tmp = tempfile.mkdtemp(prefix="filterdns-sim-chains-")
-    runs = []
     pops: dict = {}
     try:
+        prepared = []
         for sc in chosen:
             vchains = chains
             state = base_state
@@ -93,8 +95,18 @@ def simulate(path: str, *, zones: str = "zones", chains: str = "chains", geoip: 
                 pops[key] = build_population(sc, state.geo, random.Random(f"{sc.seed}:population"))
                 say(f"population: {len(pops[key]):,} clients in {len(sc.countries)} countries, "
                     f"{len(pops[key].resolver_country):,} resolvers ({time.monotonic() - t0:.1f} s)")
-            pop = pops[key]
-            runs.append(_run_one(sc, pop, state, zones, vchains, geoip, server, control, token, progress, say))
+            prepared.append((sc, pops[key], state, vchains))
+        jobs = jobs or min(len(prepared), os.cpu_count() or 1)
+        if server is not None or jobs <= 1 or len(prepared) == 1:
+            runs = []
+            for sc, pop, state, vchains in prepared:
+                values = [0.0] * PROGRESS_FIELDS
+                runs.append(_run_one(sc, pop, state, zones, vchains, geoip, server, control, token,
+                                     _printer([sc.name], values, 0) if progress else None))
+                if progress:
+                    sys.stderr.write("\n")
+        else:
+            runs = _parallel(prepared, zones, geoip, jobs, progress)
     finally:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
@@ -105,7 +117,63 @@ def simulate(path: str, *, zones: str = "zones", chains: str = "chains", geoip: 
     return runs
 
 
-def _run_one(sc: Scenario, pop, state, zones, chains, geoip, server, control, token, progress, say) -> dict:
+def _printer(names: list[str], values, slot: int):
+    """A Model progress callback that prints one line for the run(s) to stderr."""
+    t0 = time.monotonic()
+
+    def cb(model, t, wall):
+        values[slot * PROGRESS_FIELDS:(slot + 1) * PROGRESS_FIELDS] = progress_values(model, t)
+        stderr_line(progress_line(names, values, time.monotonic() - t0))
+    return cb
+
+
+_SHARED = None  # progress values of parallel runs (a multiprocessing.Array inherited by fork)
+_PREPARED = None  # what the forked children run (inherited by fork: the geo reader cannot be pickled)
+
+
+def _child(i: int) -> dict:
+    prepared, zones, geoip = _PREPARED
+    sc, pop, state, vchains = prepared[i]
+
+    def cb(model, t, wall):
+        _SHARED[i * PROGRESS_FIELDS:(i + 1) * PROGRESS_FIELDS] = progress_values(model, t)
+    res = _run_one(sc, pop, state, zones, vchains, geoip, None, None, None, cb)
+    res.pop("scenario")
+    return res
+
+
+def _parallel(prepared, zones, geoip, jobs: int, progress: bool) -> list[dict]:
+    """Run the variants in forked processes at once (each with its own server): on a machine
+    with more than one core the comparison takes about as long as one variant."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    global _SHARED, _PREPARED
+    ctx = multiprocessing.get_context("fork")
+    _SHARED = ctx.Array("d", PROGRESS_FIELDS * len(prepared), lock=False)
+    _PREPARED = (prepared, zones, geoip)
+    names = [p[0].name for p in prepared]
+    t0 = time.monotonic()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
+        futs = [ex.submit(_child, i) for i in range(len(prepared))]
+        while True:
+            done, pending = wait(futs, timeout=0.25, return_when=FIRST_EXCEPTION)
+            if progress:
+                stderr_line(progress_line(names, list(_SHARED), time.monotonic() - t0))
+            if not pending or any(f.exception() for f in done):
+                break
+        runs = []
+        for (sc, *_), f in zip(prepared, futs):
+            res = f.result()  # re-raises a child's error
+            res["scenario"] = sc
+            runs.append(res)
+    _PREPARED = None
+    if progress:
+        sys.stderr.write("\n")
+    return runs
+
+
+def _run_one(sc: Scenario, pop, state, zones, chains, geoip, server, control, token, progress) -> dict:
     regions = [r for r, reg in state.regions.items() if sc.service in reg.services]
     addr = {}
     for r in regions:
@@ -131,15 +199,12 @@ def _run_one(sc: Scenario, pop, state, zones, chains, geoip, server, control, to
     dns = Batch(dns_addr, source_prefix=sc.resolvers["ecs_source"])
     wall0 = time.monotonic()
     try:
-        model = Model(sc, pop, regions, addr, dns, ctl, health,
-                      progress=stderr_progress if progress else None)
+        model = Model(sc, pop, regions, addr, dns, ctl, health, progress=progress)
         model.run()
     finally:
         dns.close()
         if srv is not None:
             srv.stop()
-    if progress:
-        sys.stderr.write("\n")
     wall = time.monotonic() - wall0
     extra = {
         "dns": {"lookups": model.lookups, "cache_hits": model.cache_hits, "queries": model.queries,
@@ -208,7 +273,7 @@ def simulate_main(args) -> int:
     try:
         runs = simulate(args.scenario, zones=args.zones, chains=args.chains, geoip=args.geoip, server=server,
                         control=control, token=token, compare=args.compare, variant=args.variant, out=args.out,
-                        plots=not args.no_plots, progress=not args.quiet)
+                        plots=not args.no_plots, progress=not args.quiet, jobs=args.jobs)
     except ConfigError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
@@ -250,6 +315,9 @@ def add_parser(sub) -> None:
     s.add_argument("--compare", action="store_true", help="run the base and every variant of the scenario, "
                    "side by side")
     s.add_argument("--variant", metavar="NAME", help="run only this variant")
+    s.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="variants run at once, each with its own server (default: one per variant, at most "
+                        "the number of CPUs)")
     s.add_argument("--out", default="sim-out", metavar="DIR",
                    help="where summary.txt/json, events-*.csv and the PNGs go (default: %(default)s)")
     s.add_argument("--no-plots", action="store_true", help="do not draw (no matplotlib needed)")
