@@ -20,7 +20,7 @@ import yaml
 from filterdns.errors import ConfigError
 from filterdns.sim import report, simulate
 from filterdns.sim.backend import variant_chains
-from filterdns.sim.dnsclient import Batch, parse_answer
+from filterdns.sim.dnsclient import parse_answer
 from filterdns.sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,7 +245,7 @@ def _degraded_had_both_records_fail(res) -> tuple[int, list]:
     failed = defaultdict(set)
     wrong = []
     n = 0
-    for t, kind, c, region, rec, out in res["log"]:
+    for t, kind, c, _region, rec, out in res["log"]:
         if kind == "attempt":
             if out == "ok":
                 failed.pop(c, None)

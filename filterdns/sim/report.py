@@ -46,7 +46,7 @@ def series(log, regions: list[str], duration: float) -> dict:
     deg = [0] * n
     level = 0
     last = 0
-    for t, kind, c, region, rec, out in log:
+    for t, kind, _c, region, _rec, out in log:
         s = min(int(t), n - 1)
         if kind == "sample":
             conn[region][s] = out
@@ -178,11 +178,11 @@ def _fmt(v, unit: str = "") -> str:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    out = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))]
     out.append("  ".join("-" * w for w in widths))
     for r in rows:
-        out.append("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths))))
+        out.append("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True))))
     return out
 
 

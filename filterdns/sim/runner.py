@@ -163,7 +163,7 @@ def _parallel(prepared, zones, geoip, jobs: int, progress: bool) -> list[dict]:
             if not pending or any(f.exception() for f in done):
                 break
         runs = []
-        for (sc, *_), f in zip(prepared, futs):
+        for (sc, *_), f in zip(prepared, futs, strict=True):
             res = f.result()  # re-raises a child's error
             res["scenario"] = sc
             runs.append(res)

@@ -520,7 +520,7 @@ def check_against_config(sc: Scenario, regions: Mapping[str, Any], records: Mapp
     for name in sc.regions:
         if name not in regions:
             problems.append(at(f"regions.{name}").problem(f"regions.{name}: no such region in the server's config"))
-    for i, ev in enumerate(sc.events):
+    for ev in sc.events:
         if ev.region not in regions:
             f, line, col = ev.loc.rsplit(":", 2)
             problems.append(Problem(f, int(line), int(col), f"event {ev.action} at {ev.at:g}s: no region "
