@@ -372,3 +372,32 @@ def test_cli_bad_scenario_exits_1_naming_file_line(tmp_path):
                         "--no-plots", "--quiet"], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert r.returncode == 1
     assert f"{p}:3:19: event fail at 5s: no region 'atlantis'" in r.stderr, r.stderr
+
+
+@pytest.mark.e2e
+def test_cli_against_a_running_server(tmp_path):
+    """--server/--control/--token-file: the simulation drives a server it did not start."""
+    from conftest import start_server
+    from filterdns.sim.backend import free_port
+
+    tok = tmp_path / "token"
+    tok.write_text("s" * 24 + "\n")
+    tok.chmod(0o600)
+    cport = free_port()
+    srv = start_server(tmp_path, "--control", f"127.0.0.1:{cport}", "--control-token-file", str(tok))
+    try:
+        p = scenario(tmp_path, duration=60, events=[{"at": 20, "fail": "eu-west-1"}],
+                     population={"countries": {"IE": 100, "GB": 50}})
+        r = subprocess.run([sys.executable, "-m", "filterdns", "simulate", p, "--chains", CHAINS, "--zones", ZONES,
+                            "--server", f"127.0.0.1:{srv.port}", "--control", f"127.0.0.1:{cport}",
+                            "--token-file", str(tok), "--no-plots", "--quiet", "--json", "--out", ""],
+                           capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+        assert r.returncode == 0, r.stderr
+        s = json.loads(r.stdout)[0]
+        assert s["server"] == f"127.0.0.1:{srv.port}" and s["failure"]["broken"] == 100
+        assert any(c["what"].startswith("drain") for c in s["control"])  # health drained it there
+        q = srv.query("wss-primary.example.com", "A", use_edns=0,
+                      options=[dns.edns.ECSOption("87.32.0.0", 24)])  # an Irish subnet
+        assert "192.0.2.15" not in q.to_text()  # Dublin's addresses are out of DNS on that server
+    finally:
+        srv.stop()

@@ -244,11 +244,12 @@ def write_outputs(runs: list[dict], out: str, scenario_path: str, plots: bool = 
 
 def simulate_main(args) -> int:
     """``filterdns simulate``: exit 0 done, 1 bad scenario/config or server failure, 2 usage."""
-    from filterdns.ops.api import load_token, parse_addr
+    from filterdns.ops.api import load_token
+    from filterdns.serve.address import parse_hostport
 
     try:
-        server = parse_addr(args.server) if args.server else None
-        control = parse_addr(args.control) if args.control else None
+        server = parse_hostport(args.server) if args.server else None
+        control = parse_hostport(args.control, names=True) if args.control else None
     except ValueError as e:
         print(f"filterdns simulate: {e}", file=sys.stderr)
         return 2
