@@ -35,11 +35,11 @@ def test_defaults_apply():
 @pytest.mark.unit
 @pytest.mark.parametrize("check,message", [
     ({"service": "s", "port": 1}, "health.checks[0]: region is required"),
-    ({"region": "r", "service": "s", "port": 0}, "port must be between 1 and 65535, got 0"),
+    ({"region": "r", "service": "s", "port": 0}, "port must be an integer in 1..65535, got 0"),
     ({"region": "r", "service": "s", "port": "80"}, "port must be an integer"),
     ({"region": "r", "service": "s", "port": 80, "type": "icmp"}, "type must be one of tcp, http, https"),
-    ({"region": "r", "service": "s", "port": 80, "rise": 0}, "rise must be between 1 and 100"),
-    ({"region": "r", "service": "s", "port": 80, "fall": True}, "fall must be an integer, got True"),
+    ({"region": "r", "service": "s", "port": 80, "rise": 0}, "rise must be an integer in 1..100"),
+    ({"region": "r", "service": "s", "port": 80, "fall": True}, "fall must be an integer in 1..100, got True"),
     ({"region": "r", "service": "s", "port": 80, "address": "example.com"}, "address must be an IP address"),
     ({"region": "r", "service": "s", "port": 80, "timeout": 5, "interval": 1}, "timeout (5) must not exceed interval (1)"),
     ({"region": "r", "service": "s", "port": 80, "type": "http", "expect": [99]}, "expect must be an HTTP status"),

@@ -76,4 +76,5 @@ def test_health_check_errors_name_file_and_line(tmp_path):
                           "--chains", str(chains)], capture_output=True, text=True, timeout=60,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=tmp_path)
     assert out.returncode == 1
-    assert "health.yaml:4:" in out.stderr and "port" in out.stderr
+    # the position of the bad value itself, straight from the YAML (line 4, column 58)
+    assert "health.yaml:4:58: health.checks[1]: port must be an integer in 1..65535, got 70000" in out.stderr

@@ -27,17 +27,16 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from filterdns.routing.chain import FALLBACKS, Candidate, DynamicRecord, Step
 from filterdns.errors import ConfigError, Problem, list_config_dir
 from filterdns.routing.filters import REGISTRY
 from filterdns.routing.filters.base import BuildContext, Filter, region_point
-from filterdns.routing.filters.geofence_regional import GEOREGIONS
 from filterdns.routing.geo import CONTINENTS, COUNTRIES
 from filterdns.routing.inventory import Region, Service
 from filterdns.model import AAAA, A
-from filterdns.config import yamlloc
+from filterdns.config import schema, yamlloc
 from filterdns.config.yamlloc import Loc, LocDict, LocList
 
 TOP_KEYS = ("default_region", "regions", "latency", "chains", "records", "health")
@@ -56,70 +55,8 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _meta_checks() -> Mapping[str, Callable[[Any], str | None]]:
-    def number(min_: float | None = None) -> Callable[[Any], str | None]:
-        def f(v: Any) -> str | None:
-            if not _is_num(v):
-                return f"must be a number, got {v!r}"
-            if min_ is not None and v < min_:
-                return f"must be >= {min_:g}, got {v!r}"
-            return None
-        return f
-
-    def up_value(v: Any) -> str | None:  # NS1 accepts 1/0 for up
-        return None if isinstance(v, bool) or (type(v) is int and v in (0, 1)) \
-            else f"must be true or false (or 1/0), got {v!r}"
-
-    def text(v: Any) -> str | None:
-        return None if isinstance(v, str) else f"must be a string, got {v!r}"
-
-    def codes_in(valid: Iterable[str], what: str) -> Callable[[Any], str | None]:
-        valid = frozenset(valid)
-
-        def f(v: Any) -> str | None:
-            items = [v] if isinstance(v, str) else v if isinstance(v, list) else None
-            if items is None or not items:
-                return f"must be a {what} or a list of them, got {v!r}"
-            bad = [x for x in items if not isinstance(x, str) or x.upper() not in valid]
-            return f"unknown {what} {bad[0]!r}" if bad else None
-        return f
-
-    def prefixes(v: Any) -> str | None:
-        items = [v] if isinstance(v, str) else v if isinstance(v, list) else None
-        if items is None or not items:
-            return f"must be a CIDR prefix or a list of them, got {v!r}"
-        for x in items:
-            try:
-                ipaddress.ip_network(str(x), strict=False)
-            except ValueError:
-                return f"not a CIDR prefix: {x!r}"
-        return None
-
-    def asns(v: Any) -> str | None:
-        items = [v] if not isinstance(v, list) else v
-        if not items or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x < 2**32 for x in items):
-            return f"must be an AS number or a list of them, got {v!r}"
-        return None
-
-    return MappingProxyType({
-        "up": up_value,
-        "connections": number(0),
-        "requests": number(0),
-        "loadavg": number(0),
-        "low_watermark": number(0),
-        "high_watermark": number(0),
-        "weight": number(0),
-        "priority": number(),
-        "georegion": codes_in(GEOREGIONS, "georegion"),
-        "country": codes_in(COUNTRIES, "country code"),
-        "ip_prefixes": prefixes,
-        "asn": asns,
-        "note": text,
-    })
-
-
-#: metadata key → validator (None when valid, else the reason)
-META_KEYS = _meta_checks()
+#: metadata key -> schema field (the one table: ``filterdns.config.schema.META``)
+META_KEYS = schema.META
 
 
 @dataclass(frozen=True)
@@ -132,27 +69,9 @@ class Chains:
     files: tuple[str, ...]
     chains: Mapping[str, tuple[Step, ...]] = field(default_factory=lambda: MappingProxyType({}))
     latency_tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    health: tuple = ()  # filterdns.ops.health.CheckSpec, from the top-level ``health`` section
+    health: tuple = ()  # filterdns.config.health.CheckSpec, from the top-level ``health`` section
     #: things that load but are likely mistakes (``filterdns check`` prints them, exit 0)
     warnings: tuple[Problem, ...] = ()
-
-
-_PATH_PART = re.compile(r"\.?([A-Za-z_][\w-]*)|\[(\d+)\]")
-
-
-def _loc_for_path(node: Any, path: str, default: Loc) -> Loc:
-    """Where ``health.checks[2].port`` is in the YAML (the closest enclosing item found)."""
-    loc = default
-    parts = [m.group(1) if m.group(1) is not None else int(m.group(2))
-             for m in _PATH_PART.finditer(path)][1:]  # drop the leading "health"
-    for part in parts:
-        if isinstance(node, LocDict) and part in node:
-            loc, node = node.value_loc(part), node[part]
-        elif isinstance(node, LocList) and isinstance(part, int) and 0 <= part < len(node):
-            loc, node = node.item_loc(part), node[part]
-        else:
-            break
-    return loc
 
 
 def did_you_mean(word: Any, options: Iterable[str]) -> str:
@@ -256,16 +175,16 @@ class _Loader:
             return MappingProxyType({})
         out = {}
         for k, v in m.items():
-            check = META_KEYS.get(k)
-            if check is None:
+            fld = META_KEYS.get(k)
+            if fld is None:
                 self.err(m.key_loc(k), f"{what}, meta: unknown key {k!r}{did_you_mean(k, META_KEYS)}; "
                                        f"expected one of {', '.join(META_KEYS)}")
                 continue
-            reason = check(v)
+            clean, reason = fld.check(v)
             if reason:
                 self.err(m.value_loc(k), f"{what}, meta {k}: {reason}")
                 continue
-            out[k] = bool(v) if k == "up" else _freeze(v)
+            out[k] = _freeze(clean)
         lo, hi = out.get("low_watermark"), out.get("high_watermark")
         if lo is not None and hi is not None and lo > hi:
             self.err(m.value_loc("low_watermark"),
@@ -494,24 +413,17 @@ class _Loader:
         return tuple(out)
 
     def _health(self, regions: Mapping[str, Region]) -> tuple:
-        """The ``health`` section: probes per region and service (schema in filterdns.ops.health)."""
+        """The ``health`` section: probes per region and service (``filterdns.config.health``),
+        every problem at its own YAML position."""
         if self.health_src is None:
             return ()
-        from filterdns.ops.health import check_against_regions, parse_health_config
+        from filterdns.config.health import check_against_regions, parse_health
 
         node, vl = self.health_src
-        problems: list[Problem] = []
-        specs: list = []
-        try:
-            specs = parse_health_config(node, vl.file)
-        except ConfigError as e:
-            problems = e.problems
-        else:
-            problems = check_against_regions(specs, regions, vl.file)
-        for p in problems:
-            path, _, _ = p.message.partition(":")
-            loc = _loc_for_path(node, path, vl)
-            self.problems.append(Problem(loc.file, loc.line, loc.col, p.message))
+        specs, problems, locs = parse_health(node, vl.file, vl)
+        if not problems:
+            problems = check_against_regions(specs, regions, vl.file, locs)
+        self.problems.extend(problems)
         return tuple(specs)
 
     def _steps(self, body: LocList, what: str, bctx: BuildContext) -> tuple[Step, ...] | None:

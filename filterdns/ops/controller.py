@@ -158,24 +158,22 @@ def parse_duration(value: Any, what: str = "for") -> float | None:
 
 
 def validate_feed_values(values: Any) -> dict[str, Any]:
-    """Check data-feed values against ``FEED_KEYS``; every problem in one ``BadRequest``."""
+    """Check data-feed values against the schema (``FEED_KEYS`` = ``config.schema.FEED``, the
+    fields the config's ``meta`` uses too); every problem in one ``BadRequest``."""
     if not isinstance(values, Mapping) or not values:
         raise BadRequest('"values" must be a non-empty object, e.g. {"up": true, "loadavg": 0.5}')
     out: dict[str, Any] = {}
     problems = []
     for key, v in values.items():
-        kind = FEED_KEYS.get(key)
-        if kind is None:
+        fld = FEED_KEYS.get(key)
+        if fld is None:
             problems.append(f"unknown feed key {key!r} (known: {', '.join(FEED_KEYS)})")
-        elif kind is bool:
-            if isinstance(v, bool) or (type(v) is int and v in (0, 1)):
-                out[key] = bool(v)
-            else:
-                problems.append(f"{key} must be true or false (or 1/0), got {v!r}")
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            problems.append(f"{key} must be a finite number >= 0, got {v!r}")
+            continue
+        clean, reason = fld.coerce(v)
+        if reason:
+            problems.append(reason)
         else:
-            out[key] = float(v)
+            out[key] = clean
     if problems:
         raise BadRequest("; ".join(problems), problems=problems)
     return out

@@ -18,7 +18,8 @@ up when all that have a verdict are up, unknown when none has one yet. Verdicts 
 ``Inventory.set_health(region, service, healthy)``; the drain automation (``drainer.py``) listens
 for them there.
 
-YAML (a ``health:`` section of a chains file; see ``SCHEMA`` for every option and default)::
+YAML (a ``health:`` section of a chains file, parsed by ``filterdns.config.health``; see
+``filterdns.config.schema.HEALTH`` for every option and default)::
 
     health:
       defaults:            # optional; any check option except region/service
@@ -47,207 +48,23 @@ Metrics: ``filterdns_health_probes_total{region,service,result}`` and, from the 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
 import ssl
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-from filterdns.errors import ConfigError, Problem
+from filterdns.config.health import CheckSpec, check_against_regions, parse_health_config  # noqa: F401 - re-exported
+from filterdns.config.schema import HEALTH
 from filterdns.routing.inventory import Inventory
 
 log = logging.getLogger("filterdns.ops.health")
 
-KINDS = ("tcp", "http", "https")
+KINDS = HEALTH["type"].choices
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One option of a check: type, default (``REQUIRED`` if none), allowed range or choices."""
-
-    type: type | tuple[type, ...]
-    default: Any
-    doc: str
-    min: float | None = None
-    max: float | None = None
-    choices: tuple | None = None
-
-
-REQUIRED = object()
-
-#: the schema of one check, as data (the loader, the docs and the tests read this table)
-SCHEMA: Mapping[str, Option] = {
-    "region": Option(str, REQUIRED, "configured region name"),
-    "service": Option(str, REQUIRED, "service of that region"),
-    "type": Option(str, "tcp", "probe kind", choices=KINDS),
-    "address": Option(str, None, "IP address to probe; default: the service's first address"),
-    "port": Option(int, REQUIRED, "TCP port", min=1, max=65535),
-    "path": Option(str, "/", "HTTP(S) path to GET"),
-    "host": Option(str, None, "HTTP Host header and TLS server name; default: the address"),
-    "expect": Option((int, list), [200], "HTTP status or list of statuses counting as healthy"),
-    "verify_tls": Option(bool, True, "verify the HTTPS certificate"),
-    "interval": Option((int, float), 5.0, "seconds between probes", min=0.05, max=3600),
-    "timeout": Option((int, float), 2.0, "seconds before a probe fails; <= interval", min=0.01, max=60),
-    "rise": Option(int, 2, "consecutive successes to go up", min=1, max=100),
-    "fall": Option(int, 3, "consecutive failures to go down", min=1, max=100),
-}
-_DEFAULTABLE = frozenset(SCHEMA) - {"region", "service", "address"}
-
-
-@dataclass(frozen=True, slots=True)
-class CheckSpec:
-    """One validated health check."""
-
-    region: str
-    service: str
-    type: str = "tcp"
-    address: str | None = None
-    port: int = 0
-    path: str = "/"
-    host: str | None = None
-    expect: tuple[int, ...] = (200,)
-    verify_tls: bool = True
-    interval: float = 5.0
-    timeout: float = 2.0
-    rise: int = 2
-    fall: int = 3
-
-    @property
-    def name(self) -> str:
-        target = f"{self.address or '<service address>'}:{self.port}"
-        return f"{self.region}/{self.service} {self.type} {target}"
-
-
-def _check_value(key: str, value: Any, where: str, problems: list[str]) -> Any:
-    opt = SCHEMA[key]
-    if isinstance(value, bool) and opt.type is not bool:
-        problems.append(f"{where}: {key} must be {_type_name(opt.type)}, got {value!r}")
-        return None
-    if not isinstance(value, opt.type):
-        problems.append(f"{where}: {key} must be {_type_name(opt.type)}, got {value!r}")
-        return None
-    if opt.choices is not None and value not in opt.choices:
-        problems.append(f"{where}: {key} must be one of {', '.join(opt.choices)}, got {value!r}")
-        return None
-    if opt.min is not None and isinstance(value, (int, float)) and not opt.min <= value <= opt.max:
-        problems.append(f"{where}: {key} must be between {opt.min:g} and {opt.max:g}, got {value!r}")
-        return None
-    if key == "expect":
-        codes = [value] if isinstance(value, int) else value
-        if not codes or not all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes):
-            problems.append(f"{where}: expect must be an HTTP status (100-599) or a non-empty list of them, got {value!r}")
-            return None
-        return tuple(codes)
-    if key == "address":
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            problems.append(f"{where}: address must be an IP address, got {value!r}")
-            return None
-    if key == "path" and not value.startswith("/"):
-        problems.append(f"{where}: path must start with '/', got {value!r}")
-        return None
-    if key in ("interval", "timeout"):
-        return float(value)
-    return value
-
-
-def _type_name(t: type | tuple) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
-    if isinstance(t, tuple):
-        return " or ".join(names.get(x, x.__name__) for x in t)
-    return names.get(t, t.__name__)
-
-
-def parse_health_config(node: Any, file: str = "<health>") -> list[CheckSpec]:  # noqa: C901 - one branch per key; goes with the schema table
-    """Validate a ``health:`` node (plain dicts/lists) into ``CheckSpec``s.
-
-    Every problem is collected, then one ``ConfigError`` lists them all, each with the path to
-    the bad item (``health.checks[2].port``). ``None`` or an empty mapping means no checks.
-    """
-    if node is None:
-        return []
-    problems: list[str] = []
-    if not isinstance(node, Mapping):
-        raise ConfigError([Problem(file, None, None, "health: must be a mapping with 'checks' (and optional 'defaults')")])
-    for key in sorted(set(node) - {"defaults", "checks"}):
-        problems.append(f"health.{key}: unknown key (expected 'defaults' and 'checks')")
-    defaults: dict[str, Any] = {}
-    dnode = node.get("defaults") or {}
-    if not isinstance(dnode, Mapping):
-        problems.append("health.defaults: must be a mapping")
-        dnode = {}
-    for key, value in dnode.items():
-        if key not in _DEFAULTABLE:
-            problems.append(f"health.defaults.{key}: not an option that can have a default "
-                            f"(options: {', '.join(sorted(_DEFAULTABLE))})")
-            continue
-        v = _check_value(key, value, "health.defaults", problems)
-        if v is not None:
-            defaults[key] = v
-    checks = node.get("checks") or []
-    if not isinstance(checks, list):
-        problems.append("health.checks: must be a list of checks")
-        checks = []
-    specs: list[CheckSpec] = []
-    seen: set = set()
-    for i, check in enumerate(checks):
-        where = f"health.checks[{i}]"
-        if not isinstance(check, Mapping):
-            problems.append(f"{where}: must be a mapping")
-            continue
-        before = len(problems)
-        values: dict[str, Any] = {}
-        for key in check:
-            if key not in SCHEMA:
-                problems.append(f"{where}.{key}: unknown option (options: {', '.join(SCHEMA)})")
-        for key, opt in SCHEMA.items():
-            if key in check:
-                v = _check_value(key, check[key], where, problems)
-                if v is not None:
-                    values[key] = v
-            elif key in defaults:
-                values[key] = defaults[key]
-            elif opt.default is REQUIRED:
-                problems.append(f"{where}: {key} is required")
-            elif key == "expect":
-                values[key] = tuple(opt.default)
-            else:
-                values[key] = opt.default
-        if len(problems) > before:
-            continue
-        if values["timeout"] > values["interval"]:
-            problems.append(f"{where}: timeout ({values['timeout']:g}) must not exceed interval ({values['interval']:g})")
-            continue
-        if values["type"] == "tcp" and any(k in check for k in ("path", "host", "expect", "verify_tls")):
-            problems.append(f"{where}: path, host, expect and verify_tls apply to http/https checks only")
-            continue
-        spec = CheckSpec(**values)
-        key = (spec.region, spec.service, spec.type, spec.address, spec.port, spec.path)
-        if key in seen:
-            problems.append(f"{where}: duplicate of an earlier check ({spec.name})")
-            continue
-        seen.add(key)
-        specs.append(spec)
-    if problems:
-        raise ConfigError([Problem(file, None, None, p) for p in problems])
-    return specs
-
-
-def check_against_regions(specs: list[CheckSpec], regions: Mapping[str, Any], file: str = "<health>") -> list[Problem]:
-    """Cross-check specs against the configured regions (unknown region/service, no address)."""
-    problems = []
-    for i, s in enumerate(specs):
-        where = f"health.checks[{i}]"
-        region = regions.get(s.region)
-        if region is None:
-            problems.append(Problem(file, None, None, f"{where}: unknown region {s.region!r}"))
-        elif s.service not in region.services:
-            problems.append(Problem(file, None, None, f"{where}: region {s.region} has no service {s.service!r}"))
-        elif s.address is None and not (region.services[s.service].v4 or region.services[s.service].v6):
-            problems.append(Problem(file, None, None, f"{where}: no address given and {s.region}/{s.service} has none"))
-    return problems
+#: the schema of one check, as data (``filterdns.config.schema.HEALTH``: the loader, the docs
+#: and the tests read this table); parsing and CheckSpec live in ``filterdns.config.health``
+SCHEMA = HEALTH
 
 
 async def probe(spec: CheckSpec, address: str) -> tuple[bool, str]:

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from filterdns.config.schema import FEED  # a leaf module: the one table of feedable keys
+
 #: metadata keys a data feed may push (NS1 data feeds); value types
-FEED_KEYS: Mapping[str, type] = MappingProxyType(
-    {"up": bool, "connections": float, "requests": float, "loadavg": float}
-)
+#: metadata keys a data feed may push (NS1 data feeds): the schema's ``FEED`` table
+FEED_KEYS = FEED
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 

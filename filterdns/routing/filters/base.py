@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
+from filterdns.config.schema import Field
 from filterdns.routing.geo import COUNTRIES, Location, great_circle_km
 from filterdns.routing.inventory import Region
 from filterdns.model import Client
@@ -50,68 +51,9 @@ class Answer:
         return f"Answer({self.name})"
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One option of a filter: name, type, default and allowed range (schema as data).
-
-    Types: ``int``, ``float``, ``bool``, ``str``, ``choice`` (one of ``choices``),
-    ``str_list`` (list of strings, a single string is accepted), ``mapping``.
-    """
-
-    name: str
-    type: str
-    default: Any
-    min: float | None = None
-    max: float | None = None
-    choices: tuple[str, ...] = ()
-    doc: str = ""
-
-    def coerce(self, value: Any) -> tuple[Any, str | None]:
-        """Return (value, None) when valid, else (None, reason)."""
-        t = self.type
-        original = value
-        if t == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                return None, f"{self.name} must be an integer{self._range()}, got {value!r}"
-        elif t == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return None, f"{self.name} must be a number{self._range()}, got {value!r}"
-            value = float(value)
-        elif t == "bool":
-            if not isinstance(value, bool):
-                return None, f"{self.name} must be true or false, got {value!r}"
-            return value, None
-        elif t == "str":
-            if not isinstance(value, str) or not value:
-                return None, f"{self.name} must be a non-empty string, got {value!r}"
-            return value, None
-        elif t == "choice":
-            if value not in self.choices:
-                return None, f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
-            return value, None
-        elif t == "str_list":
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                return None, f"{self.name} must be a list of strings, got {value!r}"
-            return tuple(value), None
-        elif t == "mapping":
-            if not isinstance(value, dict):
-                return None, f"{self.name} must be a mapping, got {value!r}"
-            return value, None
-        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-            kind = "an integer" if t == "int" else "a number"
-            return None, f"{self.name} must be {kind}{self._range()}, got {original!r}"
-        return value, None
-
-    def _range(self) -> str:
-        if self.min is not None and self.max is not None:
-            return f" in {self.min:g}..{self.max:g}"
-        if self.min is not None:
-            return f" >= {self.min:g}"
-        if self.max is not None:
-            return f" <= {self.max:g}"
-        return ""
+#: a filter option is a schema field (one Field type for every option and value the config
+#: has; ``filterdns.config.schema`` is a leaf module, so this import adds no cycle)
+Option = Field
 
 
 @dataclass(frozen=True)
