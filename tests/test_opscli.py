@@ -132,7 +132,7 @@ def test_drain_refused_then_forced_then_undrain(server, token_file, capsys):
     (["drain", "fra", "--service", "smtp", "--reason", "x"], 2, "has no service 'smtp'"),
     (["feed", "fra"], 2, "at least one of"),
     (["feed", "fra", "--up", "maybe"], 2, "--up must be true or false"),
-    (["feed", "fra", "--loadavg", "-1"], 2, "loadavg must be a finite number"),
+    (["feed", "fra", "--loadavg", "-1"], 2, "loadavg must be a number >= 0"),
 ], ids=["no-reason", "unknown-region", "unknown-service", "feed-nothing", "feed-bad-up", "feed-negative"])
 def test_usage_errors(server, token_file, capsys, argv, code, message):
     assert run([*argv, "--control", server.control, "--token-file", token_file]) == code
