@@ -210,3 +210,26 @@ def test_check_drain_is_pure_and_counts_effective_state(tmp_path):
     assert region_state.check_drain(state, ok, drain("r1", "web", "health"), max_share=0.34).allowed
     assert not region_state.check_drain(state, st.__class__(feeds=MappingProxyType(
         {("r3", None): MappingProxyType({"up": False})})), drain("r1", "web", "health"), max_share=0.34).allowed
+
+
+def test_records_that_see_a_region_differently_are_listed(tmp_path):
+    """Two records of one service: one reads `up`, one has no `up` filter. The service view is
+    that of the first by name; the other record's differing states are listed in /regions."""
+    chains = write_config(tmp_path, {"r2": "{up: true}", "r3": "{up: true}"}, {}, None)
+    with open(chains / "c.yaml", "a") as f:
+        f.write("  u.example.com:\n    service: web\n    types: [A]\n    chain: [geotarget_country]\n")
+    state = build_state(ROOT / "zones", chains)
+    inv = Inventory(Status())
+    controller = Controller(lambda: state, inv, None, tmp_path / "state")
+    row = controller.regions()["regions"]["r1"]["services"]["web"]
+    # t.example.com (reads up) is the service's view: r1 has no up value, so it is out
+    assert (row["serving"], row["reason"]) == (False, "no_up_meta")
+    assert row["records"] == {"u.example.com.": region_state.RegionState(
+        "r1", "web", True, "no_up_filter",
+        "no up value at record, region or service level (unset counts as down); served anyway: "
+        "no enabled up filter in the chain", None, "", False, None, None).to_json()}
+    # and DNS agrees: u answers r1 (the nearest for a GB client), t never does
+    out_u = explain(state, "u.example.com", "A", client_from(subnet="81.2.69.0/24"), inv.status)
+    out_t = explain(state, "t.example.com", "A", client_from(subnet="81.2.69.0/24"), inv.status)
+    assert re.search(r"^answer \(A, ttl 30\): r1, ", out_u, re.M), out_u
+    assert "r1" not in re.search(r"^answer \(A, ttl 5\): (.*)$", out_t, re.M).group(1)
