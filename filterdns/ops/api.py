@@ -437,8 +437,12 @@ class ControlServer(_Endpoint):
 
     def __init__(self, controller: Controller, host: str = "127.0.0.1", port: int = 9154,
                  token: str | None = None, render_metrics: Callable[[], bytes] | None = None,
-                 allow_hosts: tuple[str, ...] = ()):
+                 allow_hosts: tuple[str, ...] = (),
+                 propagated: Callable[[int], Awaitable[bool]] | None = None):
         self.controller = controller
+        # waits until DNS answers by a given inventory generation, so that a drain is
+        # acknowledged only once no worker still sends clients to the region
+        self.propagated = propagated
         self.token = token
         self.render_metrics = render_metrics
         self.http = HttpServer(host, port, self.handle, name="control API", allow_hosts=allow_hosts)
@@ -519,6 +523,7 @@ class ControlServer(_Endpoint):
                     p = _params(req, {"service", "reason", "actor"})
                     r = await c.undrain(region, p.get("service"), actor=self._actor(p), cause="operator",
                                   reason=p.get("reason") or "")
+                await self._settle()
                 return json_response(200, r.to_json())
             if bad := self._only(req, "POST", "DELETE") or self._authorize(req):
                 return bad
@@ -526,11 +531,21 @@ class ControlServer(_Endpoint):
                 p = _params(req, {"service", "keys", "reason", "actor"})
                 r = await c.clear_feed(region, p.get("service"), p.get("keys"), actor=self._actor(p),
                                        reason=p.get("reason") or "")
+                await self._settle()
                 return json_response(200, r.to_json())
             p = _params(req, {"service", "values", "ttl"})
             r = await c.feed(region, p.get("service"), p.get("values"), ttl=p.get("ttl"))
+            await self._settle()
             return json_response(200, r.to_json())
         return json_response(404, {"error": f"no such endpoint {path}", "code": "not_found"})
+
+    async def _settle(self) -> None:
+        if self.propagated is None:
+            return
+        gen = self.controller.inventory.status.generation
+        if not await self.propagated(gen):
+            log.warning("inventory generation %d not confirmed by every worker within 2 s "
+                        "(a stuck worker is restarted with the current state)", gen)
 
     @staticmethod
     def _actor(params: dict) -> str:

@@ -87,7 +87,8 @@ async def start(server) -> None:
         except TokenError as e:
             raise WiringError(str(e)) from None
         control = ControlServer(server.controller, o.control[0], o.control[1], token=token,
-                                render_metrics=render, allow_hosts=tuple(o.http_allow_hosts))
+                                render_metrics=render, allow_hosts=tuple(o.http_allow_hosts),
+                                propagated=server.propagated)
         await control.start()
         server.add_aux("control API", control.stop)
         host, port = control.address

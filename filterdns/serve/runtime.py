@@ -61,6 +61,11 @@ class Runtime:
         self._aux: list = []  # (name, stop coroutine function), stopped in reverse order
         self._watch_task: asyncio.Task | None = None
 
+    async def propagated(self, generation: int, timeout: float = 2.0) -> bool:
+        """True once every process answering DNS uses inventory ``generation``: here at once
+        (one process); the supervisor waits for its workers."""
+        return True
+
     # ----------------------------------------------------------------- config
     def _open_geo(self):
         return None  # build_state opens --geoip (a role may share one copy instead)

@@ -65,6 +65,7 @@ class WorkerHandle:
         self.snapshot: dict | None = None
         self.pending: dict[tuple[str, int], asyncio.Future] = {}
         self.started = 0.0
+        self.status_gen = -1  # the inventory generation this worker has applied
 
     @property
     def connected(self) -> bool:
@@ -154,6 +155,7 @@ class Supervisor(Runtime):
         # between the two, so a reload's commit or a drain cannot slip in between
         w.send(self.serving.message("install"))
         w.send({"op": "status", "status": dump_status(self.inventory.status)})
+        w.status_gen = self.inventory.status.generation  # applied before it reports ready
         self._task(self._listen(w, reader))
         self._task(self._watch(w))
 
@@ -172,6 +174,8 @@ class Supervisor(Runtime):
                     log.info("worker %d ready (pid %d), generation %d", w.index, msg["pid"], msg["generation"])
                 elif op == "metrics":
                     w.snapshot = msg["snapshot"]
+                elif op == "status_applied":
+                    w.status_gen = max(w.status_gen, msg["generation"])
                 elif op in ("prepared", "committed"):
                     fut = w.pending.pop((op, msg["seq"]), None)
                     if fut is not None and not fut.done():
@@ -232,6 +236,17 @@ class Supervisor(Runtime):
             self.geo_fd = None
 
     # ---------------------------------------------------------------- fan-out
+    async def propagated(self, generation: int, timeout: float = 2.0) -> bool:
+        """Wait until every running worker answers by inventory ``generation`` (or newer); a
+        worker starting now gets the current inventory before it opens a listener."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while any(w.ready.is_set() and w.connected and w.status_gen < generation for w in self.workers):
+            if loop.time() > end:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
     def _on_inventory(self, status, event) -> None:
         msg = {"op": "status", "status": dump_status(status)}
         for w in self.workers:

@@ -128,6 +128,9 @@ class Worker:
                 op = msg["op"]
                 if op == "status":
                     self.inventory.replace(load_status(msg["status"]))
+                    # the supervisor acknowledges a drain only once every worker answers by it
+                    channel.write(writer, {"op": "status_applied",
+                                           "generation": self.inventory.status.generation})
                 elif op == "install":
                     self._install(msg)
                     log.info("worker %d: generation %d in service", self.index, self.holder.state.generation)
