@@ -41,6 +41,21 @@ def closed(sp, reason):
     return float(m.group(1)) if m else 0.0
 
 
+def accepted(sp):
+    """Connections the server has accepted so far: open + refused + closed by it."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sp.metrics_port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for name in ("filterdns_tcp_connections", "filterdns_tcp_refused_total"):
+        m = re.search(r"^%s (\S+)$" % name, text, re.M)
+        total += float(m.group(1)) if m else 0.0
+    closed_per_source = re.search(r'^filterdns_tcp_closed_total\{reason="per_source"\} (\S+)$', text, re.M)
+    for m in re.finditer(r'^filterdns_tcp_closed_total\{reason="(\w+)"\} (\S+)$', text, re.M):
+        total += float(m.group(2))
+    if closed_per_source:  # counted both as refused and as closed
+        total -= float(closed_per_source.group(1))
+    return total
+
+
 def wait_for(pred, timeout=15.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,7 +132,9 @@ def test_slowloris_and_non_readers_do_not_lock_out_new_clients(tmp_path, chains)
 
         t = threading.Thread(target=trickle, daemon=True)
         t.start()
-        time.sleep(1.5)  # every attacker is older than the eviction threshold
+        # the server has taken every attacker from its accept queue (admitted, refused or
+        # displaced by a later one), however loaded the machine is
+        assert wait_for(lambda: accepted(sp) >= len(socks), 60), (accepted(sp), len(socks))
         answered = 0
         t0 = time.monotonic()
         for _ in range(40):

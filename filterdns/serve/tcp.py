@@ -13,10 +13,11 @@ under pressure):
   socket send buffer), and a client that stays stuck for the idle timeout is cut off;
 * **per-source cap**: at most this many connections from one address (IPv6: one /64);
 * **server cap**: at most this many connections (with workers: each worker takes an equal
-  share of ``--tcp-max-connections``). When full, a new client takes the slot of the
-  connection that has gone longest without completing a query (if that is at least a second),
-  so clients that trickle or stall cannot lock out new ones; otherwise the new connection is
-  closed at once (counted), which the client sees as a clean close rather than a hang.
+  share of ``--tcp-max-connections``). When full, a new client takes the slot of the oldest
+  connection that has not completed a single query in its first quarter second, else of the
+  one longest without an answered query (if that is at least a second), so clients that
+  trickle or stall cannot lock out new ones; otherwise the new connection is closed at once
+  (counted), which the client sees as a clean close rather than a hang.
 
 Every close the server decides is counted by reason (``filterdns_tcp_closed_total``).
 """
@@ -32,8 +33,11 @@ from filterdns.dns.wire import TCP_LIMIT
 
 _now = time.monotonic
 SWEEP_INTERVAL = 0.25
-#: a connection must have gone this long without an answered query to be displaced
+#: a connection must have gone this long without an answered query to be displaced...
 EVICT_AFTER = 1.0
+#: ...or this long since it opened without completing a single query (a real client sends its
+#: query right after connecting; slowloris never does)
+EVICT_SILENT_AFTER = 0.25
 #: a closing connection that has not gone away after this long is aborted
 CLOSE_GRACE = 2.0
 
@@ -88,9 +92,8 @@ class TcpServerState:
         if self.sources.get(key, 0) >= self.per_source:
             return "per_source"
         if self.open >= self.max_connections:
-            now = _now()
-            victim = min(self.protocols, key=lambda p: p.last_progress, default=None)
-            if victim is None or now - victim.last_progress < EVICT_AFTER:
+            victim = self._victim(_now())
+            if victim is None:
                 return "refused"
             victim.shut("evicted", abort=True)
         self.open += 1
@@ -98,6 +101,20 @@ class TcpServerState:
         self.protocols.add(new)
         self.metrics.tcp_connections(1)
         self._ensure_sweeper()
+        return None
+
+    def _victim(self, now: float) -> "TcpProtocol | None":
+        """The connection a new one may displace: first those that never completed a query
+        (oldest first), then the one longest without an answered query; None when every
+        connection is too recently active to displace."""
+        silent = [p for p in self.protocols if not p.answered and p.closing is None]
+        if silent:
+            p = min(silent, key=lambda p: p.opened)
+            if now - p.opened >= EVICT_SILENT_AFTER:
+                return p
+        p = min(self.protocols, key=lambda p: p.last_progress, default=None)
+        if p is not None and now - p.last_progress >= EVICT_AFTER:
+            return p
         return None
 
     def release(self, p: "TcpProtocol") -> None:
@@ -120,6 +137,7 @@ class TcpProtocol(asyncio.Protocol):
         self.peer = None
         self.source = "?"
         self.opened = self.last_progress = 0.0
+        self.answered = 0  # queries answered on this connection
         self.msg_started: float | None = None  # when the first octet of the pending query came
         self.write_stuck: float | None = None  # since when answers back up (client not reading)
         self.closing: float | None = None
@@ -207,6 +225,7 @@ class TcpProtocol(asyncio.Protocol):
             done = True
             resp = responder.respond(msg, self.peer, "tcp", TCP_LIMIT)
             self.last_progress = _now()
+            self.answered += 1
             if resp is not None:
                 tr.write(frame(resp))  # may call pause_writing, which stops this loop
             tr = self.transport
