@@ -124,6 +124,23 @@ def test_bundled_scenario_loads_with_a_variant_and_total_scaling(tmp_path):
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_scenario_fits_the_bundled_config(tmp_path, path):
+    from filterdns.config.build import build_state
+    from filterdns.sim.scenario import check_against_config
+
+    sf = load_scenario(str(path))
+    assert len(sf.variants) >= 2  # they are comparisons
+    for i, sc in enumerate(sf.variants):
+        chains = CHAINS
+        if sc.chains_overrides:
+            chains = variant_chains(CHAINS, sc.chains_overrides, str(tmp_path / str(i)))
+        st = build_state(ZONES, chains)
+        check_against_config(sc, st.regions, st.records)
+        assert sc.clients >= 20000 and sc.duration >= 600
+
+
+@pytest.mark.unit
 def test_variant_chains_overrides_go_into_the_file_that_defines_them(tmp_path):
     out = variant_chains(CHAINS, {"chains": NO_SHUFFLE["chains"],
                                   "records": {"wss-primary.example.com": {"ttl": 60}}}, str(tmp_path / "c"))
