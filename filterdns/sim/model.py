@@ -409,6 +409,17 @@ def progress_line(names: list[str], values, wall: float) -> str:
     return " | ".join(parts) + f" | {queries:,} DNS queries, {wall:.1f} s"
 
 
-def stderr_line(line: str) -> None:
-    sys.stderr.write("\r" + line + "\x1b[K")
+_last_line = [0.0]
+
+
+def stderr_line(line: str, final: bool = False) -> None:
+    """The progress line: rewritten in place on a terminal; one line every 5 s into a log."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line + "\x1b[K")
+    else:
+        now = time.monotonic()
+        if not final and now - _last_line[0] < 5.0:
+            return
+        _last_line[0] = now
+        sys.stderr.write(line + "\n")
     sys.stderr.flush()

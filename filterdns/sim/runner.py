@@ -103,7 +103,7 @@ def simulate(path: str, *, zones: str = "zones", chains: str = "chains", geoip: 
                 values = [0.0] * PROGRESS_FIELDS
                 runs.append(_run_one(sc, pop, state, zones, vchains, geoip, server, control, token,
                                      _printer([sc.name], values, 0) if progress else None))
-                if progress:
+                if progress and sys.stderr.isatty():
                     sys.stderr.write("\n")
         else:
             runs = _parallel(prepared, zones, geoip, jobs, progress)
@@ -123,7 +123,7 @@ def _printer(names: list[str], values, slot: int):
 
     def cb(model, t, wall):
         values[slot * PROGRESS_FIELDS:(slot + 1) * PROGRESS_FIELDS] = progress_values(model, t)
-        stderr_line(progress_line(names, values, time.monotonic() - t0))
+        stderr_line(progress_line(names, values, time.monotonic() - t0), final=t >= model.sc.duration)
     return cb
 
 
@@ -159,7 +159,7 @@ def _parallel(prepared, zones, geoip, jobs: int, progress: bool) -> list[dict]:
         while True:
             done, pending = wait(futs, timeout=0.25, return_when=FIRST_EXCEPTION)
             if progress:
-                stderr_line(progress_line(names, list(_SHARED), time.monotonic() - t0))
+                stderr_line(progress_line(names, list(_SHARED), time.monotonic() - t0), final=not pending)
             if not pending or any(f.exception() for f in done):
                 break
         runs = []
@@ -168,7 +168,7 @@ def _parallel(prepared, zones, geoip, jobs: int, progress: bool) -> list[dict]:
             res["scenario"] = sc
             runs.append(res)
     _PREPARED = None
-    if progress:
+    if progress and sys.stderr.isatty():
         sys.stderr.write("\n")
     return runs
 
