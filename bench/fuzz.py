@@ -119,13 +119,13 @@ def mutate(rng: random.Random, base: bytes) -> bytes:
             p[i:i + 2] = struct.pack("!H", rng.choice([0, 1, 2, 3, 255]))
         elif op == 6 and len(p) >= 12:  # an OPT somewhere it does not belong, or a second one
             sec = rng.choice([6, 8, 10])
-            p[sec:sec + 2] = struct.pack("!H", (p[sec] << 8 | p[sec + 1]) + 1)
+            p[sec:sec + 2] = struct.pack("!H", ((p[sec] << 8 | p[sec + 1]) + 1) & 0xFFFF)
             p += opt(version=rng.choice([0, 0, 1]), owner=rng.choice([b"\x00", b"\xc0\x0c", b"\x01a\x00"]))
         elif op == 7 and len(p) >= 12:  # an option with a bad length or content
             body = rng.randbytes(rng.randint(0, 12))
             code = rng.choice([3, 8, 10, 11, 12, 15, 18, 65001])
             p += opt(options=struct.pack("!HH", code, max(0, len(body) + rng.choice([0, 0, 1, -1]))) + body)
-            p[10:12] = struct.pack("!H", (p[10] << 8 | p[11]) + 1)
+            p[10:12] = struct.pack("!H", ((p[10] << 8 | p[11]) + 1) & 0xFFFF)
         elif op == 8 and len(p) >= 4:  # QR / opcode / flags
             p[2] = rng.randrange(256)
         else:  # trailing junk
@@ -216,6 +216,10 @@ class Checker:
             return
         if r.question and q.question and r.question[0].name != q.question[0].name:
             self.add("wrong_answers", query, reply, "question")
+            return
+        if len(q.question) != 1:  # RFC 1035 servers take exactly one question
+            if rcode != dns.rcode.FORMERR or r.answer:
+                self.add("wrong_answers", query, reply, f"{len(q.question)} questions not FORMERR")
             return
         if q.tsig is not None:  # signed, and we hold no keys: NOTAUTH, TSIG error BADKEY
             if rcode != 9 or r.answer or r.tsig is None or r.tsig[0].error != 17:
