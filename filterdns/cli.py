@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     from filterdns.sim.runner import add_parser as add_simulate
 
     add_simulate(sub)
+    from filterdns.ops.dnssec_cli import add_parser as add_dnssec
+
+    add_dnssec(sub)
     return ap
 
 

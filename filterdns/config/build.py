@@ -88,6 +88,12 @@ def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
             zones[z.origin.lower] = dataclasses.replace(zones[z.origin.lower], names=frozenset(names))
         store = ZoneStore(zones)
 
+    keys = {}
+    if store is not None:
+        from filterdns.dns.dnssec import keys_dir_for, load_keys
+
+        keys = load_keys(keys_dir_for(zones_dir), store.origins(), problems)
+
     if problems:
         raise ConfigError(problems)
     assert store is not None and chains is not None
@@ -109,4 +115,5 @@ def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
         summary=summary,
         health=tuple(getattr(chains, "health", ()) or ()),
         warnings=tuple(getattr(chains, "warnings", ()) or ()),
+        dnssec=keys,
     )

@@ -16,7 +16,7 @@ import random
 import struct
 import time
 
-from filterdns.dns import wire
+from filterdns.dns import dnssec, wire
 from filterdns.dns.core import decide
 from filterdns.model import FORMERR, NOTIMP, SERVFAIL, Client
 
@@ -70,6 +70,7 @@ class Responder:
         # (name, type, client subnet or source) -> (status, count, body, scope, regions, removed)
         self.routes: dict = {}
         self.cache_gen = -1
+        self.signers: dict = {}  # lowercase wire origin -> dnssec.Signer (signed zones)
         self._logged: set[str] = set()
         self.rrl = None  # an rrl.Rrl for UDP responses, or None
 
@@ -120,9 +121,13 @@ class Responder:
         state = self.holder.state
         if not limit:
             limit = wire.udp_limit(q)
+        if self.cache_gen != state.generation:
+            self._new_generation(state)
+        if self.signers:
+            signed = self._answer_signed(q, src, limit, state)
+            if signed is not None:
+                return signed
         if self.use_cache:
-            if self.cache_gen != state.generation:
-                self._new_generation(state)
             # the common dynamic query: the record's own name, A or AAAA, class IN
             dyn = self.fast_dynamic.get(q.qname_lower)
             if dyn is not None and q.qclass == 1 and q.qtype in dyn.types:
@@ -172,11 +177,7 @@ class Responder:
                 return msg, rcode, tc
         d = decide(q, client_of(q, src), state, self.inventory.status, self.rng,
                    resolver=source_client(src) if q.ecs is not None else None)
-        if d.record is not None:
-            res = d.resolution
-            self.metrics.answer(d.record.name, res.regions)
-            if res.removed:
-                self.metrics.filter_removed(res.removed)
+        self._count(d)
         if self.use_cache and d.cacheable and len(self.cache) < CACHE_MAX:
             body = wire.render_body(q, d.answer, d.authority, d.additional)
             short = None
@@ -188,6 +189,35 @@ class Responder:
             if tc and short is not None:
                 msg, tc = wire.render(q, d.rcode, d.aa, an, ns, 0, short, 0, limit)
             return msg, d.rcode, tc
+        msg, tc = wire.render_decision(q, d, limit)
+        return msg, d.rcode, tc
+
+    def _count(self, d) -> None:
+        """Metrics of a decision that consulted a dynamic record."""
+        if d.record is not None:
+            res = d.resolution
+            self.metrics.answer(d.record.name, res.regions)
+            if res.removed:
+                self.metrics.filter_removed(res.removed)
+
+    def _answer_signed(self, q, src, limit: int, state) -> tuple[bytes, int, bool] | None:
+        """A query to a signed zone with DO=1 (or for its DNSKEY): the one decision, signed.
+        None when the name is in no signed zone or the query wants no signature."""
+        if not q.do and q.qtype != dnssec.DNSKEY:
+            return None
+        zone = state.zones.find(q.qname_lower)
+        signer = self.signers.get(zone.origin.lower) if zone is not None else None
+        if signer is None:
+            return None
+        now = dnssec.now()
+        if q.qtype == dnssec.DNSKEY and q.qname_lower == zone.origin.lower and q.qclass == 1:
+            d = dnssec.dnskey_decision(zone, signer, q.do, now)
+        else:
+            d = decide(q, client_of(q, src), state, self.inventory.status, self.rng,
+                       resolver=source_client(src) if q.ecs is not None else None)
+            self._count(d)
+            if q.do:
+                d = dnssec.sign_decision(q, d, state, zone, signer, now)
         msg, tc = wire.render_decision(q, d, limit)
         return msg, d.rcode, tc
 
@@ -206,6 +236,12 @@ class Responder:
                 fast[key] = rec
         self.fast_dynamic = fast
         self.cache_gen = state.generation
+        signers = {}
+        for origin, keys in getattr(state, "dnssec", {}).items():
+            zone = state.zones.zones.get(origin)
+            if zone is not None:
+                signers[origin] = dnssec.Signer(origin, keys, zone.neg_ttl)
+        self.signers = signers
 
     def _log_once(self, where: str) -> None:
         """Log an unexpected exception with its traceback once per kind, then only count it."""
