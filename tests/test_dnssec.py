@@ -1,0 +1,249 @@
+"""DNSSEC online signing, checked in-process with dnspython's validator (dns.dnssec.validate)
+against the bundled example config (static, wildcard, CNAME and routed names)."""
+
+from __future__ import annotations
+
+import base64
+import random
+import struct
+
+import dns.dnssec
+import dns.edns
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+ORIGIN = dns.name.from_text("example.com.")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    from filterdns.dns import dnssec
+
+    d = tmp_path_factory.mktemp("keys")
+    dnssec.keygen(d, "example.com")
+    return d
+
+
+def _responder(keys_dir, monkeypatch):
+    from filterdns.config.build import build_state
+    from filterdns.config.state import StateHolder
+    from filterdns.dns.responder import Responder
+    from filterdns.routing.inventory import Inventory
+
+    monkeypatch.setenv("FILTERDNS_KEYS", str(keys_dir or "/nonexistent-filterdns-keys"))
+    state = build_state(ROOT / "zones", ROOT / "chains")
+    return Responder(StateHolder(state), Inventory(), rng=random.Random(7))
+
+
+@pytest.fixture
+def signed(keys, monkeypatch):
+    return _responder(keys, monkeypatch)
+
+
+def ask(r, name, rdtype="A", do=True, subnet=None, payload=1232, src=("127.0.0.1", 5353), limit=0):
+    opts = [dns.edns.ECSOption(*subnet.split("/")[:1], int(subnet.split("/")[1]))] if subnet else []
+    q = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=do, options=opts, payload=payload)
+    q.id = 4242
+    raw = r.respond(q.to_wire(), src, "udp", limit)
+    return dns.message.from_wire(raw), raw
+
+
+def dnskeys(r):
+    m, _ = ask(r, "example.com.", "DNSKEY")
+    rrset = m.find_rrset(m.answer, ORIGIN, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
+    sig = m.find_rrset(m.answer, ORIGIN, dns.rdataclass.IN, dns.rdatatype.RRSIG, dns.rdatatype.DNSKEY)
+    dns.dnssec.validate(rrset, sig, {ORIGIN: rrset})
+    return {ORIGIN: rrset}
+
+
+def validate_section(section, keyring):
+    """Every RRset but RRSIGs has a valid RRSIG; returns the number of RRsets checked."""
+    n = 0
+    for rrset in section:
+        if rrset.rdtype == dns.rdatatype.RRSIG:
+            continue
+        sig = [s for s in section if s.rdtype == dns.rdatatype.RRSIG and s.name == rrset.name
+               and s.covers == rrset.rdtype]
+        assert sig, f"no RRSIG for {rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
+        dns.dnssec.validate(rrset, sig[0], keyring)
+        n += 1
+    return n
+
+
+def test_key_tag_and_ds_match_dnspython(keys):
+    from filterdns.dns import dnssec
+
+    k = dnssec.zone_keys(keys, "example.com")[0]
+    rd = dns.rdata.from_wire(dns.rdataclass.IN, dns.rdatatype.DNSKEY, k.rdata, 0, len(k.rdata))
+    assert k.tag == dns.dnssec.key_id(rd)
+    ds = dns.dnssec.make_ds(ORIGIN, rd, "SHA256")
+    assert dnssec.ds_text("example.com", k).split()[-1] == ds.digest.hex().upper()
+    assert dnssec.ds_text("example.com", k).split()[3:6] == [str(k.tag), "13", "2"]
+
+
+def test_imports_bind_format_key_files(tmp_path):
+    """The files dnssec-keygen writes (comment header, TTL, timing metadata) load as they are."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from filterdns.dns import dnssec
+
+    priv = ec.generate_private_key(ec.SECP256R1())
+    n = priv.public_key().public_numbers()
+    pub = n.x.to_bytes(32, "big") + n.y.to_bytes(32, "big")
+    rdata = struct.pack("!HBB", 257, 3, 13) + pub
+    tag = dnssec.key_tag(rdata)
+    d = tmp_path / "example.com"
+    d.mkdir()
+    b = base64.b64encode(pub).decode()
+    (d / f"Kexample.com.+013+{tag:05d}.key").write_text(
+        f"; This is a key-signing key, keyid {tag}, for example.com.\n"
+        "; Created: 20250101000000 (Wed Jan  1 00:00:00 2025)\n"
+        "; Publish: 20250101000000 (Wed Jan  1 00:00:00 2025)\n"
+        "; Activate: 20250101000000 (Wed Jan  1 00:00:00 2025)\n"
+        f"example.com. 3600 IN DNSKEY 257 3 13 {b[:44]} {b[44:]}\n")
+    scalar = priv.private_numbers().private_value.to_bytes(32, "big")
+    (d / f"Kexample.com.+013+{tag:05d}.private").write_text(
+        "Private-key-format: v1.3\nAlgorithm: 13 (ECDSAP256SHA256)\n"
+        f"PrivateKey: {base64.b64encode(scalar).decode()}\n"
+        "Created: 20250101000000\nPublish: 20250101000000\nActivate: 20250101000000\n")
+    (k,) = dnssec.zone_keys(tmp_path, "example.com.")
+    assert (k.tag, k.flags, k.active, k.published) == (tag, 257, True, True)
+    (d / f"Kexample.com.+013+{tag:05d}.private").write_text(
+        "Private-key-format: v1.3\nAlgorithm: 13 (ECDSAP256SHA256)\n"
+        f"PrivateKey: {base64.b64encode(bytes(32 - len(scalar[:1])) + b'x').decode()}\n")
+    with pytest.raises(ValueError, match="does not match"):
+        dnssec.zone_keys(tmp_path, "example.com.")
+
+
+@pytest.mark.parametrize("name,rdtype", [
+    ("example.com.", "SOA"), ("example.com.", "NS"), ("example.com.", "MX"),
+    ("ns1.example.com.", "AAAA"), ("www.example.com.", "A"), ("x.static.example.com.", "A"),
+    ("_xmpp-client._tcp.example.com.", "SRV"), ("status.example.com.", "A"),
+])
+def test_static_answers_validate(signed, name, rdtype):
+    keyring = dnskeys(signed)
+    m, _ = ask(signed, name, rdtype)
+    assert m.rcode() == dns.rcode.NOERROR and m.answer
+    assert not m.flags & dns.flags.AD
+    assert m.ednsflags & dns.flags.DO
+    assert validate_section(m.answer, keyring) >= 1
+
+
+@pytest.mark.parametrize("subnet", ["81.2.69.0/24", "133.242.0.0/24", "8.8.8.0/24", "2a02:c7f::/48"])
+@pytest.mark.parametrize("rdtype", ["A", "AAAA"])
+def test_routed_answers_validate_per_subnet_with_the_same_scope(signed, keys, monkeypatch, subnet, rdtype):
+    keyring = dnskeys(signed)
+    m, _ = ask(signed, "wss-primary.example.com.", rdtype, subnet=subnet)
+    plain = _responder(None, monkeypatch)
+    u, _ = ask(plain, "wss-primary.example.com.", rdtype, subnet=subnet, do=False)
+    assert m.rcode() == dns.rcode.NOERROR and m.answer
+    assert validate_section(m.answer, keyring) == 1
+    scope = [o.scopelen for o in m.options if o.otype == dns.edns.ECS]
+    assert scope == [o.scopelen for o in u.options if o.otype == dns.edns.ECS]
+    assert {str(r) for s in m.answer if s.rdtype != dns.rdatatype.RRSIG for r in s} == \
+        {str(r) for s in u.answer for r in s}
+
+
+def _nsec(m):
+    (nsec,) = [s for s in m.authority if s.rdtype == dns.rdatatype.NSEC]
+    return nsec
+
+
+def test_nxdomain_is_compact_denial(signed):
+    keyring = dnskeys(signed)
+    m, _ = ask(signed, "nope.example.com.", "A")
+    assert m.rcode() == dns.rcode.NOERROR and not m.answer  # RFC 9824: NODATA, not NXDOMAIN
+    assert validate_section(m.authority, keyring) == 2  # SOA and NSEC
+    nsec = _nsec(m)
+    assert nsec.name == dns.name.from_text("nope.example.com.")
+    assert nsec[0].next == dns.name.from_text("\\000.nope.example.com.")
+    types = {t for w, bits in nsec[0].windows for i, b in enumerate(bits) for j in range(8)
+             if b & (0x80 >> j) for t in [w * 256 + i * 8 + j]}
+    assert types == {dns.rdatatype.RRSIG, dns.rdatatype.NSEC, 128}
+
+
+@pytest.mark.parametrize("name,rdtype,expect", [
+    ("mx1.example.com.", "TXT", {"A", "RRSIG", "NSEC"}),
+    ("example.com.", "A", {"SOA", "NS", "MX", "TXT", "CAA", "DNSKEY", "RRSIG", "NSEC"}),
+    ("_tcp.example.com.", "A", {"RRSIG", "NSEC"}),
+    ("wss-primary.example.com.", "TXT", {"A", "AAAA", "RRSIG", "NSEC"}),
+])
+def test_nodata_has_a_minimal_nsec(signed, name, rdtype, expect):
+    keyring = dnskeys(signed)
+    m, _ = ask(signed, name, rdtype)
+    assert m.rcode() == dns.rcode.NOERROR and not m.answer
+    assert validate_section(m.authority, keyring) == 2
+    nsec = _nsec(m)
+    types = {dns.rdatatype.to_text(w * 256 + i * 8 + j) for w, bits in nsec[0].windows
+             for i, b in enumerate(bits) for j in range(8) if b & (0x80 >> j)}
+    assert types == expect
+
+
+QUERIES = [("example.com.", "SOA", None), ("www.example.com.", "A", None), ("nope.example.com.", "A", None),
+           ("mx1.example.com.", "TXT", None), ("wss-primary.example.com.", "A", "81.2.69.0/24"),
+           ("api.example.com.", "AAAA", "133.242.0.0/24"), ("x.static.example.com.", "A", None),
+           ("example.com.", "MX", None), ("sub.nope.example.com.", "TXT", "2a02:c7f::/48")]
+
+
+def test_answers_without_do_are_unchanged_byte_for_byte(keys, monkeypatch):
+    signed = _responder(keys, monkeypatch)
+    plain = _responder(None, monkeypatch)
+    assert signed.holder.state.dnssec and not plain.holder.state.dnssec
+    for edns in (True, False):
+        for name, rdtype, subnet in QUERIES:
+            opts = [dns.edns.ECSOption(subnet.split("/")[0], int(subnet.split("/")[1]))] if subnet and edns else []
+            q = dns.message.make_query(name, rdtype, use_edns=0 if edns else False, options=opts)
+            q.id = 7
+            w = q.to_wire()
+            for _ in range(2):  # the cold path and the cached one
+                assert signed.respond(w, ("127.0.0.1", 53), "udp", 0) == plain.respond(w, ("127.0.0.1", 53), "udp", 0)
+
+
+def test_routed_signatures_are_cached(signed):
+    ask(signed, "wss-primary.example.com.", "A", subnet="81.2.69.0/24")
+    signer = next(iter(signed.signers.values()))
+    misses = signer.misses
+    for _ in range(5):
+        ask(signed, "wss-primary.example.com.", "A", subnet="81.2.69.0/24")
+        ask(signed, "wss-primary.example.com.", "A", subnet="81.2.69.0/25")
+    assert signer.misses == misses and signer.hits >= 10
+
+
+def test_signature_window_and_resigning(signed):
+    from filterdns.dns import dnssec
+
+    ask(signed, "example.com.", "SOA")  # signers are made with the generation's first query
+    signer = next(iter(signed.signers.values()))
+    now = 2_000_000_000
+    (sig,) = signer.sign(b"\x01a\x07example\x03com\x00", 1, 60, [b"\xc0\x00\x02\x01"], now)
+    exp, inc = struct.unpack_from("!II", sig, 8)
+    assert inc == now - 3600
+    assert now + dnssec.VALIDITY * 0.9 <= exp <= now + dnssec.VALIDITY
+    assert signer.sign(b"\x01a\x07example\x03com\x00", 1, 60, [b"\xc0\x00\x02\x01"], now + 60) == [sig]
+    later = now + dnssec.VALIDITY // 4 + 1  # a cached signature is re-made long before it expires
+    (again,) = signer.sign(b"\x01a\x07example\x03com\x00", 1, 60, [b"\xc0\x00\x02\x01"], later)
+    assert struct.unpack_from("!I", again, 12)[0] == later - 3600
+
+
+def test_truncation_counts_the_signatures(signed):
+    """The apex NS RRset with its signature fits 512 octets unsigned and signed only without
+    the (optional) addresses; the MX answer with signatures on MX and on the address records
+    drops the additional section first; a client limit below the signed answer gets TC."""
+    m, raw = ask(signed, "example.com.", "NS", payload=1232)
+    full = len(raw)
+    assert m.additional and len(raw) > 512
+    m, raw = ask(signed, "example.com.", "NS", payload=512)
+    assert len(raw) <= 512 and not m.flags & dns.flags.TC
+    assert [s.rdtype for s in m.answer] == [dns.rdatatype.NS, dns.rdatatype.RRSIG]
+    assert len(m.additional) < 6 and full > len(raw)
+    m, raw = ask(signed, "example.com.", "DNSKEY", payload=512, limit=150)
+    assert m.flags & dns.flags.TC and not m.answer and len(raw) <= 150
