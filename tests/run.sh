@@ -2,6 +2,7 @@
 # Install what the tests need, lint, then run the tests. CI (.ci/run) calls exactly this.
 #   - Python packages: the project and its [test] extra (pytest, hypothesis, ruff) in .venv
 #   - dig (Debian's dnsutils) when missing: the end-to-end tests drive the server with it
+#   - delv (bind9-dnsutils) and unbound when missing: the DNSSEC tests validate with them
 #   - ruff check (rules and complexity limit in pyproject.toml) before pytest: a lint error fails
 # Extra arguments go to pytest (e.g. tests/run.sh -k wire; tests/run.sh -m unit, the quick loop
 # of in-process tests; tests/run.sh -m e2e, the ones that start servers).
@@ -12,6 +13,13 @@ if ! command -v dig >/dev/null 2>&1; then
   echo "tests/run.sh: installing dig (dnsutils)" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsutils >/dev/null
+fi
+# the DNSSEC tests validate answers with real validators: delv (bind9-dnsutils) and unbound
+if ! command -v delv >/dev/null 2>&1 || { ! command -v unbound >/dev/null 2>&1 && [ ! -x /usr/sbin/unbound ]; }; then
+  echo "tests/run.sh: installing delv (bind9-dnsutils) and unbound" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    -o DPkg::Lock::Timeout=600 bind9-dnsutils unbound >/dev/null
 fi
 
 PY=${PYTHON:-python3}
