@@ -25,6 +25,8 @@ log = logging.getLogger("filterdns.query")
 _perf = time.perf_counter
 CACHE_MAX = 20000
 ROUTES_MAX = 100_000
+#: a rendered signed answer is reused this long (its signatures are valid for days)
+SIGNED_FRESH = 3600
 _RRFIX = struct.Struct("!HHIH")
 
 
@@ -70,6 +72,7 @@ class Responder:
         # (name, type, client subnet or source) -> (status, count, body, scope, regions, removed)
         self.routes: dict = {}
         self.cache_gen = -1
+        self.signed: dict = {}
         self.signers: dict = {}  # lowercase wire origin -> dnssec.Signer (signed zones)
         self._logged: set[str] = set()
         self.rrl = None  # an rrl.Rrl for UDP responses, or None
@@ -213,11 +216,36 @@ class Responder:
         if q.qtype == dnssec.DNSKEY and q.qname_lower == zone.origin.lower and q.qclass == 1:
             d = dnssec.dnskey_decision(zone, signer, q.do, now)
         else:
-            d = decide(q, client_of(q, src), state, self.inventory.status, self.rng,
-                       resolver=source_client(src) if q.ecs is not None else None)
-            self._count(d)
-            if q.do:
-                d = dnssec.sign_decision(q, d, state, zone, signer, now)
+            signed = self.signed
+            hit = signed.get((q.qname_lower, q.qtype, q.qclass, None))
+            if hit is None or hit[0] < now:
+                d = decide(q, client_of(q, src), state, self.inventory.status, self.rng,
+                           resolver=source_client(src) if q.ecs is not None else None)
+                self._count(d)
+                if not q.do:
+                    msg, tc = wire.render_decision(q, d, limit)
+                    return msg, d.rcode, tc
+                key = (q.qname_lower, q.qtype, q.qclass,
+                       None if d.cacheable else (d.resolution.addresses if d.resolution else ()))
+                hit = signed.get(key) if key[3] is not None else None
+                if hit is None or hit[0] < now:
+                    # the rendered signed answer, reused until well before its signatures expire
+                    sd = dnssec.sign_decision(q, d, state, zone, signer, now)
+                    an, ns, ar = len(sd.answer), len(sd.authority), len(sd.additional)
+                    body = wire.render_body(q, sd.answer, sd.authority, sd.additional)
+                    short = wire.render_body(q, sd.answer, sd.authority, ()) if ar and not sd.glue_required else None
+                    hit = (now + SIGNED_FRESH, sd.rcode, sd.aa, an, ns, ar, body, short)
+                    if len(signed) >= CACHE_MAX:
+                        signed.clear()
+                    signed[key] = hit
+                scope = d.scope
+            else:
+                scope = 0
+            _, rcode, aa, an, ns, ar, body, short = hit
+            msg, tc = wire.render(q, rcode, aa, an, ns, ar, body, scope, limit)
+            if tc and short is not None:
+                msg, tc = wire.render(q, rcode, aa, an, ns, 0, short, scope, limit)
+            return msg, rcode, tc
         msg, tc = wire.render_decision(q, d, limit)
         return msg, d.rcode, tc
 
@@ -229,6 +257,7 @@ class Responder:
         self.cache = {}
         self.bodies = {}
         self.routes = {}
+        self.signed = {}  # (name, type, class, addresses or None) -> rendered signed answer
         fast = {}
         for key, rec in state.dynamic.items():
             zone = state.zones.find(key)
