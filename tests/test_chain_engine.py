@@ -208,12 +208,12 @@ records:
     ("[geotarget_country]", GB24, 18),                                   # db network 81.2.64.0/18
     ("[geotarget_country]", Client("81.2.0.0", 4, 16, True), 16),        # capped at source prefix
     ("[geotarget_country]", Client("81.2.69.7", 4, 32, False), 18),
-    ("[latency]", JP24, 9),
+    ("[latency]", JP24, 8),                                              # 133.0.0.0/9 + /9: both JP
     ("[geotarget_country, sticky]", GB24, 24),                           # sticky: min(source, /24)
     ("[geotarget_country, {sticky: {prefix_v4: 20}}]", GB24, 20),
     ("[geotarget_country, {sticky: {prefix_v4: 16}}]", GB24, 18),        # db network wider need
     ("[netfence_prefix]", Client("81.2.69.128", 4, 25, True), 25),       # the whole source prefix
-    ("[geotarget_country]", Client("2a00:1450:4009::", 6, 56, True), 48),
+    ("[geotarget_country]", Client("2a00:1450:4009::", 6, 56, True), 44),  # GB around the /48
     ("[geotarget_country]", Client("2a00:1450:4009::", 6, 40, True), 40),
 ], ids=["no-reader", "disabled", "geo", "geo-capped", "geo-no-ecs", "latency", "sticky", "sticky-20",
         "sticky-16", "netfence", "v6", "v6-capped"])

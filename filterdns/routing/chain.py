@@ -20,10 +20,14 @@ region ``meta``, runtime region feed, service ``meta``, runtime service feed. An
 is not metadata: the drained region is no candidate at all (fail-open and the fallback never
 bring it back).
 
-ECS scope: 0 when no enabled filter reads the client. Otherwise the geo database's matched
-network length (in the client's family), raised to what a filter needs of the client's own
-address (``sticky``: its mask; ``netfence_prefix``: the whole source prefix), and never above
-the client's prefix (the ECS source prefix; the core caps there too).
+ECS scope: 0 when no enabled filter reads the client. Otherwise the widest prefix over which
+the answer is the same: the shortest aligned prefix around the client's database network
+whose every address gets the same deterministic decision (the answers left before the first
+random filter) for this record and this region state (``DynamicRecord._widest``,
+``GeoDB.widest``); never above the client's prefix (the ECS source prefix; the core caps
+there too). A record whose answer depends on the client's own address bits (``sticky``: its
+mask; ``netfence_prefix``: the whole source prefix) is not widened: its scope is the matched
+network raised to what those filters need.
 
 Fallback (``fallback:`` on the record), used when the chain leaves no answer while the record
 has candidates: ``all`` (default): the candidates as they were before the chain, i.e. every
@@ -160,16 +164,80 @@ class DynamicRecord:
         cell[0], cell[1] = status, out
         return out
 
-    def scope_for(self, client: Client, location: Location) -> int:
-        """The ECS scope prefix length of an answer to ``client`` (see module docstring)."""
+    def scope_for(self, client: Client, location: Location, geo: GeoDB | None = None,
+                  status: Status | None = None, rng: random.Random | None = None) -> int:
+        """The ECS scope prefix length of an answer to ``client`` (see module docstring).
+
+        With ``geo`` and ``status`` the geo part is the widest aligned prefix around the client
+        whose every address gets the same deterministic decision (``_widest``); without them,
+        the matched database network.
+        """
         if not self.reads_client:
             return 0
-        scope = location.prefix_len
+        if geo is not None and status is not None and self._widen:
+            scope = self._widest(client, location, geo, status, rng)
+        else:
+            scope = location.prefix_len
         for f in self._prefix_filters:
             need = f.prefix_needed(client)
             if need > scope:
                 scope = need
         return min(scope, client.prefix)
+
+    def _widest(self, client: Client, loc: Location, geo: GeoDB, status: Status, rng) -> int:
+        """The widest prefix length around ``loc``'s network over which this record's
+        deterministic decision (``_memo_entry``'s last item) is the same, for ``status``.
+
+        Cached per status snapshot twice: per database network (one lookup for the next query
+        from the same network) and per block found (a block is uniform, so every network inside
+        it has the same answer: its length). Like gdnsd's merge of supernets at load time, but
+        done for the networks clients actually come from, with the region state of the moment.
+        """
+        memo = self._memo_for(status)
+        nets = memo[2]
+        nkey = (client.family, loc.network, loc.prefix_len)
+        got = nets.get(nkey)
+        if got is not None:
+            return got
+        bits = 32 if client.family == 4 else 128
+        blocks = memo[3]
+        for length in sorted(memo[4]):
+            if length <= loc.prefix_len and (client.family, length, loc.network >> (bits - length)) in blocks:
+                got = length
+                break
+        if got is None:
+            table = memo[1]
+            mine = self._entry(table, loc.key, client, loc, status, rng)[6]
+
+            def same(other: Location) -> bool:
+                return self._entry(table, other.key, client, other, status, rng)[6] == mine
+
+            got = geo.widest(client.family, loc, same)
+            blocks[(client.family, got, loc.network >> (bits - got))] = True
+            memo[4].add(got)
+            if len(blocks) >= _MEMO_MAX:
+                blocks.clear()
+                memo[4].clear()
+        if len(nets) >= _MEMO_MAX:
+            nets.clear()
+        nets[nkey] = got
+        return got
+
+    def _memo_for(self, status: Status) -> list:
+        """[status, entries by location key, widest per network, uniform blocks, their lengths]"""
+        memo = self._memo
+        if memo[0] is not status:
+            memo[0], memo[1], memo[2], memo[3], memo[4] = status, {}, {}, {}, set()
+        return memo
+
+    def _entry(self, table: dict, key, client: Client, loc: Location, status: Status, rng) -> tuple:
+        hit = table.get(key)
+        if hit is None:
+            hit = self._memo_entry(client, loc, status, rng)
+            if len(table) >= _MEMO_MAX:
+                table.clear()
+            table[key] = hit
+        return hit
 
     def __post_init__(self) -> None:
         enabled = tuple(s for s in self.steps if not s.disabled)
@@ -181,7 +249,10 @@ class DynamicRecord:
         object.__setattr__(self, "_filters", filters)
         # filters that read more of the client than its location make the address part of the key
         object.__setattr__(self, "_key_has_address", any(f.needs_prefix for f in filters))
-        object.__setattr__(self, "_memo", [None, {}])
+        object.__setattr__(self, "_memo", [None, {}, {}, {}, set()])
+        # the ECS scope is widened over neighbouring networks when the answer depends on the
+        # location alone (not on the client's address bits: sticky, netfence_prefix)
+        object.__setattr__(self, "_widen", self.reads_client and not self._key_has_address)
 
     def resolve(
         self,
@@ -206,22 +277,23 @@ class DynamicRecord:
         loc = geo.locate(client) if self.reads_client else UNKNOWN
         memo = self._memo
         if memo[0] is not status:
-            memo[0] = status
-            memo[1] = {}
-        table = memo[1]
-        key = (loc.key, loc.prefix_len, client.prefix, client.address) if self._key_has_address \
-            else (loc.key, loc.prefix_len, client.prefix)
-        hit = table.get(key)
-        if hit is None:
-            hit = self._memo_entry(client, loc, status, rng)
-            if len(table) >= _MEMO_MAX:
-                table.clear()
-            table[key] = hit
-        start, cur, removed, scope, origin, tail, done = hit
+            self._memo_for(status)
+        key = (loc.key, client.address) if self._key_has_address else loc.key
+        start, cur, removed, origin, tail, done, _ = self._entry(memo[1], key, client, loc, status, rng)
+        if not self.reads_client:
+            scope = 0
+        elif self._widen:
+            scope = memo[2].get((client.family, loc.network, loc.prefix_len))
+            if scope is None:
+                scope = self._widest(client, loc, geo, status, rng)
+            if scope > client.prefix:
+                scope = client.prefix
+        else:
+            scope = self.scope_for(client, loc)
         if not tail:
-            res = done.get(qtype)
+            res = done.get((qtype, scope))
             if res is None:
-                res = done[qtype] = self._finish(qtype, start, cur, removed, scope, True)
+                res = done[(qtype, scope)] = self._finish(qtype, start, cur, removed, scope, True)
             return res
         ctx = Context(client, loc, rng, origin, False)
         more = list(removed)
@@ -250,7 +322,12 @@ class DynamicRecord:
                 removed.append((f.name, len(cur) - len(out)))
             cur = out
             i += 1
-        return (start, cur, tuple(removed), self.scope_for(client, loc), origin, filters[i:], {})
+        tail = filters[i:]
+        # what the answer depends on: the answers left before the first random filter, the
+        # filters still to run, and the location itself if one of those reads it
+        decision = (tuple(a.name for a in cur), len(tail),
+                    loc.key if any(f.reads_client for f in tail) else None)
+        return (start, cur, tuple(removed), origin, tail, {}, decision)
 
     def _finish(self, qtype: int, start, cur, removed, scope, fixed: bool = False) -> Resolution:
         used_fallback = False
@@ -301,7 +378,7 @@ class DynamicRecord:
             addrs = tuple(x for a in cur for x in a.v4)
         return Resolution(
             addrs,
-            self.scope_for(client, loc),
+            self.scope_for(client, loc, geo, status, rng),
             tuple(a.name for a in cur),
             tuple(removed),
             tuple(steps) if trace else None,
