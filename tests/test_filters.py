@@ -297,7 +297,8 @@ def test_sticky_prefix_needed(client, opts, needed):
 
 # -- schema, registry and manuals -----------------------------------------------------------
 
-EXPECTED_FILTERS = ["up", "shed_load", "geotarget_country", "geotarget_latlong", "select_first_n", "shuffle",
+EXPECTED_FILTERS = ["up", "shed_load", "geotarget_country", "geotarget_latlong", "geotarget_regional",
+                    "select_first_n", "shuffle",
                     "weighted_shuffle", "priority", "sticky", "geofence_country", "geofence_regional",
                     "netfence_prefix", "netfence_asn", "latency"]
 
@@ -310,7 +311,8 @@ def test_registry_names_match_modules():
 
 @pytest.mark.parametrize("name,reads,prefix,rand", [
     ("up", False, False, False), ("shed_load", False, False, True), ("geotarget_country", True, False, False),
-    ("geotarget_latlong", True, False, False), ("select_first_n", False, False, False),
+    ("geotarget_latlong", True, False, False), ("geotarget_regional", True, False, False),
+    ("select_first_n", False, False, False),
     ("shuffle", False, False, True), ("weighted_shuffle", False, False, True), ("priority", False, False, False),
     ("sticky", True, True, False), ("geofence_country", True, False, False),
     ("geofence_regional", True, False, False), ("netfence_prefix", True, True, False),

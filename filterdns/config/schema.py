@@ -90,7 +90,9 @@ class Field:
                 "str_list": "list of strings", "mapping": "mapping", "ip": "IP address",
                 "path": "path (`/...`)", "statuses": "HTTP status or list",
                 "georegions": "georegion or list", "countries": "ISO country code or list",
-                "prefixes": "CIDR prefix or list", "asns": "AS number or list"}.get(t, t)
+                "prefixes": "CIDR prefix or list", "asns": "AS number or list",
+                "us_states": "US state code or list (`CA` or `US-CA`)",
+                "ca_provinces": "Canadian province code or list (`BC` or `CA-BC`)"}.get(t, t)
 
     def default_text(self) -> str:
         d = self.default
@@ -193,13 +195,23 @@ def _codes(valid: Iterable[str], what: str):
 
 
 def _georegions():
-    from filterdns.routing.filters.geofence_regional import GEOREGIONS  # no cycle: only when checking
+    from filterdns.routing.georegions import GEOREGIONS  # no cycle: only when checking
     return GEOREGIONS
 
 
 def _countries():
     from filterdns.routing.geo import COUNTRIES
     return COUNTRIES
+
+
+def _us_states():
+    from filterdns.routing.georegions import US_STATES
+    return US_STATES | {"US-" + c for c in US_STATES}
+
+
+def _ca_provinces():
+    from filterdns.routing.georegions import CA_PROVINCES
+    return CA_PROVINCES | {"CA-" + c for c in CA_PROVINCES}
 
 
 def _prefixes(f: Field, v: Any) -> tuple[Any, str | None]:
@@ -226,6 +238,8 @@ _CHECKS = {
     "choice": _choice, "str_list": _str_list, "mapping": _mapping, "ip": _ip, "path": _path,
     "statuses": _statuses, "georegions": _codes(_georegions, "georegion"),
     "countries": _codes(_countries, "country code"), "prefixes": _prefixes, "asns": _asns,
+    "us_states": _codes(_us_states, "US state code"),
+    "ca_provinces": _codes(_ca_provinces, "Canadian province code"),
 }
 
 
@@ -250,8 +264,13 @@ META: Mapping[str, Field] = table(
     Field("priority", "float", doc="lower first", read_by="`priority`"),
     Field("georegion", "georegions",
           doc="one of / list of US-EAST US-CENTRAL US-WEST EUROPE ASIAPAC AFRICA SOUTH-AMERICA",
-          read_by="`geofence_regional`"),
-    Field("country", "countries", doc="a fence, not the region's location", read_by="`geofence_country`"),
+          read_by="`geofence_regional`, `geotarget_regional` (default: the region's own georegion)"),
+    Field("country", "countries", doc="a fence, not the region's location",
+          read_by="`geofence_country`, `geotarget_country` (counts as same country)"),
+    Field("us_state", "us_states", doc="the US states the answer stands for",
+          read_by="`geofence_country`, `geotarget_country` (same subdivision)"),
+    Field("ca_province", "ca_provinces", doc="the Canadian provinces the answer stands for",
+          read_by="`geofence_country`, `geotarget_country` (same subdivision)"),
     Field("ip_prefixes", "prefixes", doc="client networks", read_by="`netfence_prefix`"),
     Field("asn", "asns", doc="client AS numbers", read_by="`netfence_asn`"),
     Field("note", "text", doc="for people", read_by="nothing"),

@@ -14,6 +14,7 @@ from filterdns.routing.filters.geofence_country import GeofenceCountry
 from filterdns.routing.filters.geofence_regional import GeofenceRegional
 from filterdns.routing.filters.geotarget_country import GeotargetCountry
 from filterdns.routing.filters.geotarget_latlong import GeotargetLatlong
+from filterdns.routing.filters.geotarget_regional import GeotargetRegional
 from filterdns.routing.filters.latency import Latency
 from filterdns.routing.filters.netfence_asn import NetfenceAsn
 from filterdns.routing.filters.netfence_prefix import NetfencePrefix
@@ -26,7 +27,7 @@ from filterdns.routing.filters.up import Up
 from filterdns.routing.filters.weighted_shuffle import WeightedShuffle
 
 _ALL: tuple[type[Filter], ...] = (
-    Up, ShedLoad, GeotargetCountry, GeotargetLatlong, SelectFirstN, Shuffle, WeightedShuffle,
+    Up, ShedLoad, GeotargetCountry, GeotargetLatlong, GeotargetRegional, SelectFirstN, Shuffle, WeightedShuffle,
     Priority, Sticky, GeofenceCountry, GeofenceRegional, NetfencePrefix, NetfenceAsn, Latency,
 )
 

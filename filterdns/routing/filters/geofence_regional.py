@@ -1,10 +1,9 @@
 """``geofence_regional``: keep only answers whose georegion fence includes the client's.
 
 Georegions (NS1's): ``US-EAST``, ``US-CENTRAL``, ``US-WEST``, ``EUROPE``, ``ASIAPAC``,
-``AFRICA``, ``SOUTH-AMERICA``. The client's georegion comes from its continent; North America
-is split by longitude (east of -90: US-EAST, -90..-105: US-CENTRAL, west: US-WEST; a
-country-only database places every US client at the US centroid, i.e. US-CENTRAL).
-An answer's fence is its ``georegion`` metadata (one value or a list). Answers without it are
+``AFRICA``, ``SOUTH-AMERICA``. The client's georegion comes from its country and subdivision
+(US state, Canadian province), else its continent, North America elsewhere split by longitude:
+``filterdns.routing.georegions`` has the tables. An answer's fence is its ``georegion`` metadata (one value or a list). Answers without it are
 kept unless ``remove_no_georegion`` is true and some answer matched; a client whose
 georegion is unknown fences nothing.
 
@@ -31,22 +30,11 @@ Example::
 
 from __future__ import annotations
 
-from filterdns.routing.geo import Location
 from filterdns.routing.filters._fence import fence
 from filterdns.routing.filters.base import Answer, Context, Filter, Option, as_codes
+from filterdns.routing.georegions import GEOREGIONS, georegion
 
-GEOREGIONS = ("US-EAST", "US-CENTRAL", "US-WEST", "EUROPE", "ASIAPAC", "AFRICA", "SOUTH-AMERICA")
-
-_BY_CONTINENT = {"EU": "EUROPE", "AS": "ASIAPAC", "OC": "ASIAPAC", "AF": "AFRICA", "SA": "SOUTH-AMERICA"}
-
-
-def georegion(loc: Location) -> str | None:
-    """The NS1 georegion of a location, or None when unknown."""
-    if loc.continent == "NA":
-        if loc.lon is None:
-            return None
-        return "US-EAST" if loc.lon > -90 else "US-CENTRAL" if loc.lon > -105 else "US-WEST"
-    return _BY_CONTINENT.get(loc.continent or "")
+__all__ = ["GEOREGIONS", "GeofenceRegional", "georegion"]
 
 
 class GeofenceRegional(Filter):
