@@ -157,9 +157,13 @@ def explain(state: Any, name: str, qtype: str | int, client: Client, status: Sta
             w("note: this record ignores ECS; real queries are routed by the resolver's address, "
               "which --client IP shows")
     elif rec.reads_client:
-        why = "the geo database's matched network"
         if any(s.filter.needs_prefix for s in rec.steps if not s.disabled):
-            why += ", raised to what sticky/netfence_prefix need of the client's prefix"
+            why = ("the geo database's matched network, raised to what sticky/netfence_prefix need "
+                   "of the client's prefix")
+        else:
+            why = (f"{_net_text(client, res.scope)}: the widest prefix around the client whose every "
+                   f"address gets this decision with this region state; database network "
+                   f"/{loc.prefix_len}")
         w(f"ECS scope: /{res.scope} ({why}; never above the source prefix /{client.prefix})")
     else:
         w("ECS scope: /0 (no enabled filter reads the client)")

@@ -1,0 +1,161 @@
+"""ECS scope = the widest aligned prefix around the client whose every address gets the same
+deterministic decision, per record and region state; never wider than true.
+
+A synthetic City database (made here with the writer library) lays out west-coast, east-coast
+and unknown networks; each widened scope is checked against brute force: every database
+network inside the scope block gets the same answer, and the block one bit wider does not (or
+the walk's budget ended)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+
+from filterdns.config.chains import load_chains
+from filterdns.model import A, Client
+from filterdns.routing.geo import GeoDB
+from filterdns.routing.inventory import Drain, Status
+
+pytestmark = pytest.mark.unit
+
+WEST = [{"country_code": "US", "continent_code": "NA", "subdivision_code": "CA", "latitude": 38.5 + i / 2,
+         "longitude": -121.5} for i in range(4)]
+EAST = [{"country_code": "US", "continent_code": "NA", "subdivision_code": "NY", "latitude": 40.5,
+         "longitude": -74.0 - i / 2} for i in range(4)]
+GB = {"country_code": "GB", "continent_code": "EU", "subdivision_code": "ENG", "latitude": 51.5, "longitude": 0.0}
+
+
+def layout():
+    """11.0.0.0/16: 11.0.0.0/17 west (four different records), 11.0.128.0/18 east,
+    11.0.192.0/19 east but 11.0.200.0/24 missing (unknown), 11.0.224.0/19 GB.
+    2001:db8::/40 west in /48s; 2001:db8:100::/40 east."""
+    nets = []
+    for i in range(128):
+        nets.append((f"11.0.{i}.0/24", WEST[i % 4]))
+    for i in range(128, 192):
+        nets.append((f"11.0.{i}.0/24", EAST[i % 4]))
+    for i in range(192, 224):
+        if i != 200:
+            nets.append((f"11.0.{i}.0/24", EAST[0]))
+    for i in range(224, 256):
+        nets.append((f"11.0.{i}.0/24", GB))
+    for j in range(256):
+        nets.append((f"2001:db8:{j:x}::/48", WEST[j % 4]))
+        nets.append((f"2001:db8:1{j:02x}::/48", EAST[j % 4]))
+    return nets
+
+
+@pytest.fixture(scope="module")
+def geo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("geo") / "city.mmdb"
+    w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="test-City")
+    for net, rec in layout():
+        w.insert_network(IPSet([net]), rec)
+    w.to_db_file(str(path))
+    return GeoDB.open(str(path))
+
+
+def record(tmp_path, chain="[up, geotarget_country, select_first_n]"):
+    (tmp_path / "a.yaml").write_text(f"""
+default_region: us-east-1
+regions:
+  us-east-1: {{country: US, subdivision: VA, lat: 38.95, lon: -77.45, meta: {{up: true}},
+              services: {{web: {{v4: [192.0.2.1], v6: ["2001:db8:e::1"]}}}}}}
+  us-west-2: {{country: US, subdivision: OR, lat: 45.84, lon: -119.7, meta: {{up: true}},
+              services: {{web: {{v4: [192.0.2.2], v6: ["2001:db8:e::2"]}}}}}}
+  eu-west-2: {{country: GB, subdivision: ENG, lat: 51.51, lon: -0.13, meta: {{up: true}},
+              services: {{web: {{v4: [192.0.2.3], v6: ["2001:db8:e::3"]}}}}}}
+records:
+  w.example.com: {{service: web, chain: {chain}}}
+""")
+    return load_chains(tmp_path, ["example.com."]).records["w.example.com."]
+
+
+def c(subnet):
+    n = ipaddress.ip_network(subnet)
+    return Client(str(n.network_address), n.version, n.prefixlen, True)
+
+
+def regions_of(rec, geo, status, subnet):
+    return rec.resolve(A, c(subnet), geo, status, random.Random(1)).regions
+
+
+UP = Status()
+WEST_DOWN = Status(generation=1, drains={("us-west-2", None): Drain("us-west-2", None, "t", "operator:t",
+                                                                     "operator", 0.0)})
+
+EU_DOWN = Status(generation=2, drains={("eu-west-2", None): Drain("eu-west-2", None, "t", "operator:t",
+                                                                   "operator", 0.0)})
+
+
+@pytest.mark.parametrize("subnet,status,scope", [
+    ("11.0.5.0/24", UP, 17),        # four west records, one decision: the whole /17
+    ("11.0.130.0/24", UP, 18),      # east /18; its sibling /18 holds the unknown /24
+    ("11.0.201.0/24", UP, 19),      # the unknown 11.0.200.0/24 goes to the default region, east too
+    ("11.0.230.0/24", UP, 19),      # GB
+    ("11.0.5.0/24", WEST_DOWN, 17),  # west and east both get us-east-1, but GB is in the sibling /17
+    ("11.0.130.0/24", EU_DOWN, 17),  # GB gets us-east-1 too: the east /17 is one decision
+    ("11.0.230.0/24", EU_DOWN, 17),
+    ("2001:db8:5::/48", UP, 40),
+    ("2001:db8:105::/56", UP, 40),
+    ("11.0.5.128/25", UP, 17),      # source longer than the network: still the /17 (capped by source)
+    ("11.0.0.0/12", UP, 12),        # never above the source prefix
+], ids=["west", "east", "east-gap", "gb", "west-drained", "eu-drained-east", "eu-drained-gb", "v6-west", "v6-east", "source-25", "capped"])
+def test_widest_scope(tmp_path, geo, subnet, status, scope):
+    rec = record(tmp_path)
+    assert rec.resolve(A, c(subnet), geo, status, random.Random(1)).scope == scope
+
+
+def test_gap_with_the_same_default_is_uniform(tmp_path, geo):
+    # the unknown /24 is answered as if at the default region (us-east-1), like the east networks
+    rec = record(tmp_path)
+    assert regions_of(rec, geo, UP, "11.0.200.0/24") == regions_of(rec, geo, UP, "11.0.201.0/24") == ("us-east-1",)
+
+
+def brute_force_uniform(rec, geo, status, block):
+    """Every /24 (v4) or /48 (v6) of ``block`` gets one answer."""
+    step = 24 if block.version == 4 else 48
+    seen = {regions_of(rec, geo, status, str(sub)) for sub in block.subnets(new_prefix=max(step, block.prefixlen))}
+    return len(seen) == 1
+
+
+@pytest.mark.parametrize("status", [UP, WEST_DOWN, EU_DOWN], ids=["up", "west-drained", "eu-drained"])
+@pytest.mark.parametrize("chain", ["[up, geotarget_country, select_first_n]",
+                                   "[up, geotarget_regional, select_first_n: {n: 2}, shuffle]",
+                                   "[up, geotarget_latlong]"], ids=["country", "regional-random", "latlong"])
+def test_scope_is_the_widest_true_prefix(tmp_path, geo, status, chain):
+    rec = record(tmp_path, chain)
+    for subnet in ["11.0.5.0/24", "11.0.77.0/24", "11.0.150.0/24", "11.0.199.0/24", "11.0.240.0/24",
+                   "2001:db8:7::/48", "2001:db8:1ff::/48"]:
+        cl = c(subnet)
+        scope = rec.resolve(A, cl, geo, status, random.Random(1)).scope
+        block = ipaddress.ip_network(f"{cl.address}/{scope}", strict=False)
+        if "shuffle" in chain:  # the answer is random; the decision is the set before shuffle
+            def regions_of_set(r, g, s, sn):
+                return frozenset(r.resolve(A, c(sn), g, s, random.Random(1)).regions)
+            step = 24 if block.version == 4 else 48
+            assert len({regions_of_set(rec, geo, status, str(x)) for x in block.subnets(new_prefix=step)}) == 1
+            continue
+        assert brute_force_uniform(rec, geo, status, block), (subnet, scope)
+        if scope > 0 and block.version == 4 and scope > 16:
+            assert not brute_force_uniform(rec, geo, status, block.supernet()), (subnet, scope, "not widest")
+
+
+def test_sticky_is_not_widened(tmp_path, geo):
+    rec = record(tmp_path, "[up, geotarget_country, sticky]")
+    assert rec.resolve(A, c("11.0.5.0/24"), geo, UP, random.Random(1)).scope == 24
+
+
+def test_second_query_from_the_network_is_a_lookup(tmp_path, geo):
+    rec = record(tmp_path)
+    cl = c("11.0.5.0/24")
+    rec.resolve(A, cl, geo, UP, random.Random(1))
+    loc = geo.locate(cl)
+    assert rec._memo[2][(4, loc.network, loc.prefix_len)] == 17
+    # another network of the same uniform block: found through the block cache
+    other = c("11.0.99.0/24")
+    assert rec.resolve(A, other, geo, UP, random.Random(1)).scope == 17
