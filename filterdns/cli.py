@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     gb.add_argument("-o", "--output", required=True, metavar="OUT.mmdb", help="file to write")
     gb.add_argument("--precision", type=float, default=0.5, metavar="DEGREES",
                     help="coordinate grid in degrees (default: %(default)s, at most ~28 km off)")
+    gb.add_argument("--level", choices=("city", "subdivision"), default="city",
+                    help="city: each network's own coordinates (default); subdivision: one point per "
+                         "state or province, the mean of its networks (a much smaller file)")
 
     from filterdns.ops import client as opscli
 

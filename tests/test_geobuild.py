@@ -166,3 +166,27 @@ def test_cli_prints_progress_and_summary(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "filterdns", "geo", "build", str(tmp_path / "nope.mmdb"),
                           "-o", str(out)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "nope.mmdb: no such file" in bad.stderr
+
+
+@pytest.mark.unit
+def test_subdivision_level_keeps_one_centre_per_state(tmp_path):
+    nets = layout()
+    src, out = tmp_path / "s.mmdb", tmp_path / "o.mmdb"
+    write_source(src, nets, "dbip")
+    st = build([str(src)], str(out), 0.5, level="subdivision")
+    # one record per subdivision: Sacramento and Davis (both CA) are one, at their mean
+    assert st["records"] == len({CITIES[c][:2] for c in CITIES})
+    pts: dict = {}
+    for _, city in nets:
+        cc, sub, lat, lon = CITIES[city]
+        pts.setdefault((cc, sub), []).append((_round(lat, 0.5), _round(lon, 0.5)))
+    with maxminddb.open_database(str(out)) as r:
+        for net, city in nets:
+            cc, sub, _, _ = CITIES[city]
+            p = pts[(cc, sub)]
+            want_lat = _round(sum(x for x, _ in p) / len(p), 0.5)
+            want_lon = _round(sum(y for _, y in p) / len(p), 0.5)
+            got = r.get(str(net.network_address))
+            assert (got["country_code"], got["subdivision_code"], got["latitude"], got["longitude"]) == \
+                (cc, sub, want_lat, want_lon)
+    assert st["merged_blocks"] <= build([str(src)], str(tmp_path / "c.mmdb"), 0.5)["merged_blocks"]

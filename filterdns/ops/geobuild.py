@@ -175,15 +175,87 @@ def ranges_to_cidrs(start: int, end: int, bits: int) -> Iterable[tuple[int, int]
         start += size
 
 
-def build(sources: list[str], out: str, precision: float = DEFAULT_PRECISION,
-          progress: Callable[[str], None] | None = None, description: str | None = None) -> dict:
-    """Compact ``sources`` into ``out``; returns figures for the summary line."""
+LEVELS = ("city", "subdivision")
+
+
+def _runs(path: str, names: SubdivisionNames, precision: float, by_sub: bool, sums: dict, stats: dict,
+          say: Callable[[str], None], where: Callable[[], str]) -> Iterable[tuple]:
+    """One source's networks as runs (family, start, end, key) of adjacent equal records."""
     import maxminddb
+
+    p = Path(path)
+    if not p.is_file():
+        raise BuildError(f"{path}: no such file")
+    try:
+        reader = maxminddb.open_database(str(p))
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
+        raise BuildError(f"{path}: not a MaxMind database: {e}") from None
+    say(f"{path}: {reader.metadata().database_type}, reading networks")
+    seen: dict = {}
+    cur = None  # [family, start, end, key]
+    n = 0
+    with reader:
+        for net, rec in reader:
+            n += 1
+            if n % _PROGRESS_EVERY == 0:
+                say(f"{path}: {n:,} networks read, {where()}")
+            fam = net.version
+            start = int(net.network_address)
+            if fam == 6 and start >> 32 == 0:
+                continue  # ::/96 holds the IPv4 tree
+            if rec is not None and "country_code" in rec:  # flat ip-location-db records
+                raw = (rec.get("country_code"), rec.get("state1"), rec.get("latitude"), rec.get("longitude"))
+                key = seen.get(raw, seen)
+                if key is seen:
+                    key = seen[raw] = compact_record(rec, names, precision)
+            else:
+                key = compact_record(rec, names, precision)
+            if by_sub and key is not None:
+                key = _add_to_centre(sums, key)
+            end = start + net.num_addresses
+            if cur is not None and cur[0] == fam and cur[2] == start and cur[3] == key:
+                cur[2] = end
+                continue
+            if cur is not None and cur[3] is not None:
+                yield tuple(cur)
+            cur = [fam, start, end, key]
+        if cur is not None and cur[3] is not None:
+            yield tuple(cur)
+    stats["source_networks"] += n
+
+
+def _add_to_centre(sums: dict, key: tuple) -> tuple:
+    """Subdivision level: count the point towards its subdivision's centre; the key without it."""
+    sub = key[:3]
+    if key[3] is not None:
+        acc = sums.get(sub)
+        if acc is None:
+            acc = sums[sub] = [0.0, 0.0, 0]
+        acc[0] += key[3]
+        acc[1] += key[4]
+        acc[2] += 1
+    return sub
+
+
+def build(sources: list[str], out: str, precision: float = DEFAULT_PRECISION,
+          progress: Callable[[str], None] | None = None, description: str | None = None,
+          level: str = "city") -> dict:
+    """Compact ``sources`` into ``out``; returns figures for the summary line.
+
+    ``level="subdivision"`` keeps one point per (country, subdivision): the mean of its
+    networks' coordinates, on the same grid. Far fewer distinct records, so far fewer blocks
+    (the file the package ships); distances are then measured from the state's centre.
+    """
     from mmdb_writer import MMDBWriter
     from netaddr import IPNetwork, IPSet
 
     if not 0.01 <= precision <= 5:
         raise BuildError(f"--precision must be in 0.01..5 degrees, got {precision}")
+    if level not in LEVELS:
+        raise BuildError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    by_sub = level == "subdivision"
+    sums: dict[tuple, list] = {}  # (country, continent, subdivision) -> [lat sum, lon sum, n]
+    pending: list[tuple] = []  # subdivision level: runs kept until every centre is known
     say = progress or (lambda s: None)
     names = SubdivisionNames()
     writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="filterdns-routing-City",
@@ -194,7 +266,6 @@ def build(sources: list[str], out: str, precision: float = DEFAULT_PRECISION,
     # IPv6 writer would build with ipv4_compatible, at a quarter of the insert cost
     writer4 = MMDBWriter(ip_version=4)
     contents: dict[tuple, dict] = {}
-    seen: dict = {}
     stats = {"source_networks": 0, "merged_blocks": 0, "records": 0, "seconds": 0.0,
              "subdivision_names": 0, "subdivision_unresolved": 0}
     t0 = time.monotonic()
@@ -212,43 +283,17 @@ def build(sources: list[str], out: str, precision: float = DEFAULT_PRECISION,
             inserted += 1
 
     for path in sources:
-        p = Path(path)
-        if not p.is_file():
-            raise BuildError(f"{path}: no such file")
-        try:
-            reader = maxminddb.open_database(str(p))
-        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
-            raise BuildError(f"{path}: not a MaxMind database: {e}") from None
-        say(f"{path}: {reader.metadata().database_type}, reading networks")
-        cur = None  # [family, start, end, key]
-        n = 0
-        with reader:
-            for net, rec in reader:
-                n += 1
-                if n % _PROGRESS_EVERY == 0:
-                    say(f"{path}: {n:,} networks read, {inserted:,} blocks written, "
-                        f"{len(contents):,} distinct records, {time.monotonic() - t0:.0f} s")
-                fam = net.version
-                start = int(net.network_address)
-                if fam == 6 and start >> 32 == 0:
-                    continue  # ::/96 holds the IPv4 tree
-                if rec is not None and "country_code" in rec:  # flat ip-location-db records
-                    raw = (rec.get("country_code"), rec.get("state1"), rec.get("latitude"), rec.get("longitude"))
-                    key = seen.get(raw, seen)
-                    if key is seen:
-                        key = seen[raw] = compact_record(rec, names, precision)
-                else:
-                    key = compact_record(rec, names, precision)
-                end = start + net.num_addresses
-                if cur is not None and cur[0] == fam and cur[2] == start and cur[3] == key:
-                    cur[2] = end
-                    continue
-                if cur is not None and cur[3] is not None:
-                    flush(*cur)
-                cur = [fam, start, end, key]
-            if cur is not None and cur[3] is not None:
-                flush(*cur)
-        stats["source_networks"] += n
+        for run in _runs(path, names, precision, by_sub, sums, stats, say,
+                         lambda: f"{inserted:,} blocks written, {len(contents):,} distinct records, "
+                                 f"{time.monotonic() - t0:.0f} s"):
+            pending.append(run) if by_sub else flush(*run)
+    if by_sub:
+        centre = {k: (_round(a[0] / a[2], precision), _round(a[1] / a[2], precision)) for k, a in sums.items()}
+        say(f"{len(pending):,} runs of one subdivision, {len(centre):,} centres")
+        for i, (fam, start, end, key) in enumerate(pending):
+            if i and i % _PROGRESS_EVERY == 0:
+                say(f"{i:,} of {len(pending):,} runs written, {inserted:,} blocks, {time.monotonic() - t0:.0f} s")
+            flush(fam, start, end, key + centre.get(key, (None, None)))
     say(f"writing {out}: {inserted:,} blocks, {len(contents):,} distinct records")
     node = writer.tree
     for _ in range(95):  # down the all-zero path to ::/95; its left child is ::/96
@@ -272,7 +317,7 @@ def main(args: Any) -> int:
         print(s, file=sys.stderr, flush=True)
 
     try:
-        st = build(list(args.sources), args.output, args.precision, say)
+        st = build(list(args.sources), args.output, args.precision, say, level=args.level)
     except BuildError as e:
         print(f"filterdns geo build: {e}", file=sys.stderr)
         return 1
@@ -282,7 +327,7 @@ def main(args: Any) -> int:
         return 1
     print(f"{args.output}: {st['size'] / 1e6:.1f} MB, {st['merged_blocks']:,} blocks from "
           f"{st['source_networks']:,} source networks, {st['records']:,} distinct records, "
-          f"precision {args.precision} degrees, {st['seconds']:.0f} s")
+          f"precision {args.precision} degrees, level {args.level}, {st['seconds']:.0f} s")
     if st["subdivision_unresolved"]:
         top = ", ".join(f"{c}:{n!r} ({k:,})" for (c, n), k in st["top_unresolved"])
         print(f"subdivision names not in ISO 3166-2 (dropped): {st['subdivision_unresolved']:,} networks; "
