@@ -14,7 +14,7 @@ import pytest
 from filterdns.routing.chain import Candidate, merge_meta
 from filterdns.config.chains import load_chains
 from filterdns.ops.explain import client_from, explain
-from filterdns.routing.geo import GeoDB
+from filterdns.routing.geo import COUNTRY_DB, GeoDB
 from filterdns.routing.inventory import Inventory, Region, Status
 from filterdns.model import AAAA, A, Client
 
@@ -35,7 +35,8 @@ def chains():
 
 @pytest.fixture(scope="module")
 def geo():
-    return GeoDB.open()
+    # the country file: these expectations are its networks and centroids
+    return GeoDB.open(str(COUNTRY_DB))
 
 
 def addrs(chains, region, service, qtype=A):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from filterdns.errors import ConfigError
-from filterdns.routing.geo import (COUNTRIES, CONTINENTS, DEFAULT_DB, GeoDB, Location, great_circle_km,
+from filterdns.routing.geo import (COUNTRIES, CONTINENTS, COUNTRY_DB, DEFAULT_DB, GeoDB, Location, great_circle_km,
                            location_from_record)
 from filterdns.model import Client
 
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(scope="module")
 def geo():
-    return GeoDB.open()
+    # the country file: these expectations are its networks and centroids
+    return GeoDB.open(str(COUNTRY_DB))
 
 
 def c4(addr, prefix=32, ecs=False):
@@ -108,7 +109,7 @@ def test_every_country_in_the_database_is_in_the_table(geo):
     if conftest.QUICK:
         pytest.skip("the scan of every network of the database runs in the full suite only")
     seen = set()
-    with maxminddb.open_database(str(DEFAULT_DB)) as r:
+    with maxminddb.open_database(str(COUNTRY_DB)) as r:
         for _, rec in r:
             seen.add(rec.get("country_code"))
     missing = {c for c in seen if c and c not in COUNTRIES and c not in ("ZZ", "EU", "AP")}
@@ -143,3 +144,10 @@ def test_location_key_excludes_prefix():
     a = Location("GB", None, "EU", 54.0, -2.5, 18)
     b = Location("GB", None, "EU", 54.0, -2.5, 24)
     assert a.key == b.key and a != b
+
+
+def test_default_is_the_routing_database_when_bundled():
+    from filterdns.routing.geo import ROUTING_DB
+
+    assert DEFAULT_DB == (ROUTING_DB if ROUTING_DB.is_file() else COUNTRY_DB)
+    assert GeoDB.open().path == str(DEFAULT_DB)

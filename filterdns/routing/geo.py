@@ -1,8 +1,12 @@
 """Client address or subnet → country, continent, coordinates and the matched network prefix.
 
 Reads a MaxMind-format database with ``maxminddb`` (its C extension: about 1 µs a lookup).
-The default is the DB-IP Lite Country database bundled at ``filterdns/data/dbip-country.mmdb``
-(ip-location-db format, records ``{"country_code": "GB"}``; CC BY 4.0, see DBIP-LICENSE).
+The default is the bundled routing database ``filterdns/data/dbip-routing.mmdb``: DB-IP Lite
+City compacted by ``filterdns geo build --level subdivision`` (records ``country_code``,
+``continent_code``, ``subdivision_code``, ``latitude``/``longitude``: one point per state or
+province, on a 0.5° grid; CC BY 4.0, see DBIP-LICENSE). When that file is absent (a trimmed
+package), the embedded DB-IP Lite Country database ``filterdns/data/dbip-country.mmdb`` is
+the fallback (ip-location-db format, records ``{"country_code": "GB"}``).
 An operator's GeoLite2 / DB-IP Country or City file works too: ``country.iso_code`` is read,
 then ``registered_country.iso_code``; ``continent.code``, ``location.latitude/longitude`` and
 ``subdivisions[0].iso_code`` are used when the file has them. Whatever the file lacks is filled
@@ -35,7 +39,10 @@ from filterdns.model import Client
 UNKNOWN_CODES = frozenset({"ZZ", "EU", "AP", "A1", "A2", "O1", "XX", "--", ""})
 
 _DATA = Path(__file__).resolve().parent.parent / "data"
-DEFAULT_DB = _DATA / "dbip-country.mmdb"
+COUNTRY_DB = _DATA / "dbip-country.mmdb"
+ROUTING_DB = _DATA / "dbip-routing.mmdb"
+#: the bundled routing database (city data at subdivision level), else the country file
+DEFAULT_DB = ROUTING_DB if ROUTING_DB.is_file() else COUNTRY_DB
 COUNTRIES_CSV = _DATA / "countries.csv"
 
 _CACHE_MAX = 65536
@@ -168,7 +175,7 @@ class GeoDB:
 
     @classmethod
     def open(cls, path: str | None = None) -> "GeoDB":
-        """Open ``path`` (None: the embedded DB-IP Lite Country database).
+        """Open ``path`` (None: the bundled database, ``DEFAULT_DB``).
 
         Raises ``ConfigError`` naming the path when the file is missing or not a MaxMind DB.
         """
