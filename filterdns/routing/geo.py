@@ -241,6 +241,7 @@ class GeoDB:
         lo = loc.network
         get = self._reader.get_with_prefix_len
         text = _v4_text if family == 4 else _v6_text
+        seen: dict = {}
         while length > 0:
             size = 1 << (bits - length)
             sib = lo - size if lo & size else lo + size
@@ -253,7 +254,20 @@ class GeoDB:
                     rec, plen = get(text(a))
                 except ValueError:
                     return length
-                if plen < length or not same(location_from_record(rec, plen, a)):
+                if plen < length:
+                    return length
+                # neighbours repeat a few records: one Location per distinct record (the
+                # predicate reads the location, not the network)
+                rk = tuple(rec.items()) if rec else None
+                try:
+                    loc_n = seen.get(rk)
+                except TypeError:  # nested records (GeoLite2): not hashable, not cached
+                    loc_n, rk = None, False
+                if loc_n is None:
+                    loc_n = location_from_record(rec, plen, a)
+                    if rk is not False:
+                        seen[rk] = loc_n
+                if not same(loc_n):
                     return length
                 a += 1 << (bits - plen)
             length -= 1
