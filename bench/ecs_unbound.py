@@ -74,12 +74,18 @@ def upstream_queries(metrics_port: int) -> float:
     return sum(float(m.group(1)) for m in re.finditer(r"^filterdns_queries_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
 
 
-def mix(geoip: str, n: int, seed: int = 1) -> list[str]:
+def mix(geoip: str, n: int, seed: int = 1, clusters: int = 0) -> list[str]:
+    """``n`` distinct client /24s the database places: uniform over IPv4, or inside
+    ``clusters`` random /14s (clients come from a few access networks, as a resolver sees)."""
     rng = random.Random(seed)
     out, seen = [], set()
+    bases = [rng.getrandbits(14) << 18 for _ in range(clusters)]
     with maxminddb.open_database(geoip) as r:
         while len(out) < n:
-            a = ipaddress.IPv4Address(rng.getrandbits(24) << 8)
+            if bases:
+                a = ipaddress.IPv4Address(rng.choice(bases) | (rng.getrandbits(10) << 8))
+            else:
+                a = ipaddress.IPv4Address(rng.getrandbits(24) << 8)
             if a in seen or not a.is_global:
                 continue
             seen.add(a)
@@ -94,6 +100,8 @@ def main() -> int:
     ap.add_argument("--code", default=str(ROOT), help="filterdns checkout to run (default: this one)")
     ap.add_argument("--subnets", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clusters", type=int, default=0,
+                    help="draw the client /24s inside this many random /14s (default 0: all of IPv4)")
     ap.add_argument("--tree-size", type=int, default=100,
                     help="Unbound max-ecs-tree-size-ipv4: ECS answers kept per name (default: Unbound's, 100)")
     args = ap.parse_args()
@@ -150,7 +158,7 @@ stub-zone:
                 if (tmp / log).exists():
                     print(f"--- {log}\n{(tmp / log).read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise
-        clients = mix(args.geoip, args.subnets)
+        clients = mix(args.geoip, args.subnets, clusters=args.clusters)
         time.sleep(2)  # worker counters reach /metrics within a second
         before = upstream_queries(mport)
         sent, scopes, per_round = 0, [], []
@@ -171,7 +179,8 @@ stub-zone:
             per_round.append(upstream_queries(mport) - before - sum(per_round))
         elapsed = time.monotonic() - t0
         up = sum(per_round)
-        print(f"code: {args.code}; database: {args.geoip}; Unbound max-ecs-tree-size-ipv4 {args.tree_size}")
+        print(f"code: {args.code}; database: {args.geoip}; Unbound max-ecs-tree-size-ipv4 {args.tree_size}; "
+              f"clusters {args.clusters or 'none'}")
         print(f"{sent:,} ECS queries from {len(clients):,} client /24s in {args.rounds} rounds ({elapsed:.0f} s): "
               f"Unbound sent {up:,.0f} upstream ({up / sent:.1%}), cache hit ratio {1 - up / sent:.1%}; "
               f"mean scope in answers /{statistics.mean(scopes):.1f} (median /{statistics.median(scopes):.0f}); "
