@@ -95,11 +95,12 @@ def main() -> int:
         rec = state.records[name]
         before = [min(state.geo.locate(cl).prefix_len, cl.prefix) for cl in mix]
         t = time.perf_counter()
-        res = [rec.resolve(A, cl, state.geo, status, random.Random(1)) for cl in mix]
+        rng = random.Random(1)
+        res = [rec.resolve(A, cl, state.geo, status, rng) for cl in mix]
         first = (time.perf_counter() - t) / len(mix) * 1e6
         t = time.perf_counter()
         for cl in mix:
-            rec.resolve(A, cl, state.geo, status, random.Random(1))
+            rec.resolve(A, cl, state.geo, status, rng)
         again = (time.perf_counter() - t) / len(mix) * 1e6
         after = [r.scope for r in res]
         blocks_b = {ipaddress.ip_network(f"{cl.address}/{s}", strict=False) for cl, s in zip(mix, before, strict=True)}
