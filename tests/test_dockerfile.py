@@ -25,8 +25,6 @@ import pytest
 
 from conftest import ROOT, free_port
 
-pytestmark = pytest.mark.e2e
-
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 
@@ -117,7 +115,7 @@ def _context_files(root: Path) -> list[str]:
         return False
 
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for f in filenames:
             rel = os.path.relpath(os.path.join(dirpath, f), root)
             excluded = False

@@ -71,6 +71,7 @@ def _setup(tmp_path: Path, fixture: str) -> tuple[Path, Path, Path]:
     return zones, chains, target
 
 
+@pytest.mark.unit
 def test_every_fixture_has_an_expectation():
     assert {p.name for p in FIX.iterdir()} == set(EXPECTED)
 

@@ -11,8 +11,6 @@ import os
 import time
 from types import MappingProxyType
 
-import dns.exception
-
 from filterdns.errors import ConfigError, Problem, list_config_dir
 from filterdns.model import A, AAAA, CNAME
 from filterdns.config.state import State
@@ -32,8 +30,10 @@ def _origins_from_files(zones_dir) -> list[str]:
 def _collision(zone, text: str, rec, clash: list[int]) -> Problem:
     """A static A/AAAA/CNAME at a dynamic record's name: at the zone file's line, naming the
     record's own file:line."""
+    import dns.exception
     import dns.name
     import dns.rdatatype
+
     from filterdns.dns import zonefile
 
     lines: list[int] = []

@@ -156,7 +156,7 @@ def _cname_problems(path: str, sc: zonefile.Scan | None, fallback: str) -> list[
         for e in sc.entries:
             if e.owner_text is not None and e.rdtype is not None:
                 by_owner.setdefault(e.key, []).append(e)
-        for key, entries in by_owner.items():
+        for entries in by_owner.values():
             cnames = [e for e in entries if e.rdtype == CNAME]
             others = [e for e in entries if e.rdtype not in (CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC)]
             if cnames and others:
