@@ -61,6 +61,8 @@ def test_filterdns_service_matches_the_image():
     assert (DIR / svc["build"]["context"]).resolve() == ROOT
     cmd = svc["command"]
     assert cmd[0] == "serve" and "[::]:8053" in cmd and "0.0.0.0:8053" in cmd and "0.0.0.0:9153" in cmd
+    # Prometheus scrapes "filterdns:9153": that Host must pass the rebinding guard
+    assert cmd[cmd.index("--http-allow-host") + 1] == "filterdns"
     assert svc["cap_drop"] == ["ALL"] and svc["read_only"] is True
     assert target_of(svc, ROOT / "zones") == "/etc/filterdns/zones"
     assert target_of(svc, ROOT / "chains") == "/etc/filterdns/chains"
