@@ -19,8 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import dns.edns
-import dns.message
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _venv  # noqa: E402
+
+_venv.ensure()  # plain `python3 bench/...` re-runs itself with the project's .venv when needed
+
+import dns.edns  # noqa: E402
+import dns.message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -17,8 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import dns.message
-import dns.query
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _venv  # noqa: E402
+
+_venv.ensure()  # plain `python3 bench/...` re-runs itself with the project's .venv when needed
+
+import dns.message  # noqa: E402
+import dns.query  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Command line: serve | check | explain | geo build | status | drain | undrain | reload | feed | simulate."""
+"""Command line: serve | check | explain | init | geo build | status | drain | undrain | reload | feed | simulate."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ from filterdns import __version__
 DEFAULT_LISTEN = "127.0.0.1:8053"
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--zones", default=os.environ.get("FILTERDNS_ZONES", "zones"), metavar="DIR",
-                   help="directory of RFC 1035 zone files named <zone>.zone (default: %(default)s)")
-    p.add_argument("--chains", default=os.environ.get("FILTERDNS_CHAINS", "chains"), metavar="DIR",
-                   help="directory of regions, chains and dynamic records in YAML (default: %(default)s)")
+def _add_config_args(p: argparse.ArgumentParser, state: bool = False) -> None:
+    from filterdns.config import home
+    home.add_arguments(p, state=state)  # --config-dir, --zones, --chains (and --state-dir)
     p.add_argument("--geoip", default=os.environ.get("FILTERDNS_GEOIP"), metavar="PATH",
                    help="GeoLite2/DB-IP Country or City .mmdb (default: the embedded DB-IP Lite country database)")
 
@@ -31,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the DNS server",
                        description="Serve the zones and dynamic records over UDP and TCP.")
-    _add_config_args(s)
+    _add_config_args(s, state=True)
     s.add_argument("--listen", action="append", metavar="ADDR:PORT",
                    help=f"address to answer DNS on, UDP and TCP; repeatable; IPv6 as [::1]:8053 (default: {DEFAULT_LISTEN})")
     s.add_argument("--metrics", default=os.environ.get("FILTERDNS_METRICS", "127.0.0.1:9153"), metavar="ADDR:PORT|off",
@@ -41,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control-token-file", default=os.environ.get("FILTERDNS_CONTROL_TOKEN_FILE"), metavar="PATH",
                    help="file holding the bearer token that mutating control calls need "
                         "(or set FILTERDNS_CONTROL_TOKEN); without one, mutating calls are refused")
-    s.add_argument("--state-dir", default=os.environ.get("FILTERDNS_STATE_DIR", "var"), metavar="DIR",
-                   help="where drains, feed values and the audit log are kept across restarts (default: %(default)s)")
     s.add_argument("--discard-state", action="store_true",
                    help="start even when the saved state cannot be read: move it aside and start with no drains "
                         "(without this, an unreadable state refuses start-up)")
@@ -116,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes serving the same DNS sockets, under one supervisor "
                         "that owns the control API, metrics and health checks "
-                        f"(default: the number of CPUs, {os.cpu_count() or 1})")
+                        "(default: the CPUs this process may use, counting affinity and a "
+                        "container's or systemd's CPU quota)")
 
     c = sub.add_parser("check", help="validate zones and chains; print every problem",
                        description="Validate the configuration with the same code start-up and reload use. "
@@ -151,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="city: each network's own coordinates (default); subdivision: one point per "
                          "state or province, the mean of its networks (a much smaller file)")
 
+    i = sub.add_parser("init", help="write the bundled example config into a config home",
+                       description="Write the example zones/ and chains/ shipped with filterdns into DIR, "
+                                   "then check them. Existing files are kept unless --force.")
+    i.add_argument("dir", metavar="DIR", help="the config home to create, e.g. /etc/filterdns")
+    i.add_argument("--force", action="store_true", help="overwrite files that are already there")
+
     from filterdns.ops import client as opscli
 
     opscli.add_subparsers(sub)
@@ -166,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args) -> int:
     from filterdns.app import run
     from filterdns.serve.address import parse_hostport
+    from filterdns.serve.cpus import available_cpus
     from filterdns.serve.options import ServeOptions
 
     try:
@@ -217,7 +221,7 @@ def _serve(args) -> int:
         tcp_message_timeout=args.tcp_message_timeout, tcp_max_lifetime=args.tcp_max_lifetime,
         tcp_max_unsent=args.tcp_max_unsent, http_allow_hosts=tuple(args.http_allow_host), rrl=rrl.to_dict() if rrl.enabled else None,
         watch=not args.no_watch, health=not args.no_health,
-        workers=args.workers if args.workers is not None else (os.cpu_count() or 1), seed=args.seed)
+        workers=args.workers if args.workers is not None else available_cpus(), seed=args.seed)
     return run(opts)
 
 
@@ -254,6 +258,39 @@ def _explain(args) -> int:
     return explain_main(args)
 
 
+def _init(args) -> int:
+    from filterdns.config import home
+    from filterdns.config.build import build_state
+    from filterdns.errors import ConfigError
+
+    try:
+        written = home.init(args.dir, force=args.force)
+    except (FileExistsError, FileNotFoundError, OSError) as e:
+        print(f"filterdns init: {e}", file=sys.stderr)
+        return 1
+    target = os.path.abspath(args.dir)
+    for path in written:
+        print(f"wrote {path}")
+    try:
+        state = build_state(os.path.join(target, "zones"), os.path.join(target, "chains"))
+    except ConfigError as e:
+        print(f"filterdns init: the written config does not load:\n{e}", file=sys.stderr)
+        return 1
+    print(f"{state.summary}; start it with: filterdns serve --config-dir {target}")
+    return 0
+
+
+def _resolve_home(args) -> str | None:
+    """Fill in --zones/--chains/--state-dir from the config home; the error when a directory
+    is missing (serve, check and explain cannot run without them)."""
+    from filterdns.config import home
+    h = home.resolve(args.config_dir, args.zones, args.chains, getattr(args, "state_dir", None))
+    args.zones, args.chains = h.zones, h.chains
+    if hasattr(args, "state_dir"):
+        args.state_dir = h.state_dir
+    return home.missing(h)
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -262,6 +299,12 @@ def main(argv=None) -> int:
     if args.command is None:
         ap.print_help()
         return 2
+    if hasattr(args, "config_dir"):
+        if problem := _resolve_home(args):
+            print(f"filterdns {args.command}: {problem}", file=sys.stderr)
+            return 2
+    if args.command == "init":
+        return _init(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check":

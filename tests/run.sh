@@ -22,6 +22,21 @@ if ! command -v delv >/dev/null 2>&1 || { ! command -v unbound >/dev/null 2>&1 &
     -o DPkg::Lock::Timeout=600 bind9-dnsutils unbound >/dev/null
 fi
 
+# Debian packages the deploy kit's tests run (deploy/): prometheus (prometheus, promtool),
+# unbound (unbound, unbound-checkconf), systemd (systemd-analyze), util-linux (setpriv)
+deploy_pkgs=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || deploy_pkgs+=(prometheus)
+command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || deploy_pkgs+=(unbound)
+command -v systemd-analyze >/dev/null 2>&1 || deploy_pkgs+=(systemd)
+command -v setpriv >/dev/null 2>&1 || deploy_pkgs+=(util-linux)
+if [ ${#deploy_pkgs[@]} -gt 0 ]; then
+  echo "tests/run.sh: installing ${deploy_pkgs[*]}" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+    --no-install-recommends "${deploy_pkgs[@]}" >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

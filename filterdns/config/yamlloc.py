@@ -118,17 +118,36 @@ _Loader.add_constructor("tag:yaml.org,2002:seq", _seq)
 _Loader.add_constructor("tag:yaml.org,2002:omap", _seq)
 
 
+def _syntax_problem(file: str, e: yaml.MarkedYAMLError) -> Problem:
+    """pyyaml's error, placed where the mistake is. An unclosed ``{`` or ``[`` is found only
+    where the parser gives up (lines later, or at the end of the file); it is reported at the
+    bracket that was opened, saying where the parser stopped."""
+    ctx, problem = e.context or "", e.problem or ""
+    if (e.context_mark is not None and e.problem_mark is not None
+            and ctx.startswith("while parsing a flow ") and problem.startswith("expected ','")
+            and e.problem_mark.line > e.context_mark.line):  # on one line: a missing comma, as said
+        opened, closer = ("{", "}") if "mapping" in ctx else ("[", "]")
+        found = problem.partition("but got ")[2] or "something else"
+        found = {"'<scalar>'": "a value", "'<stream end>'": "the end of the file",
+                 "'<block end>'": "the end of the block"}.get(found, found)
+        pm, cm = e.problem_mark, e.context_mark
+        return Problem(file, cm.line + 1, cm.column + 1,
+                       f"YAML syntax: this {opened!r} is never closed: expected ',' or {closer!r}, "
+                       f"found {found} at line {pm.line + 1}, column {pm.column + 1}")
+    mark = e.problem_mark or e.context_mark
+    line = mark.line + 1 if mark else None
+    col = mark.column + 1 if mark else None
+    msg = " ".join(x for x in (ctx, problem) if x) or str(e)
+    return Problem(file, line, col, f"YAML syntax: {msg}")
+
+
 def load_text(text: str, file: str) -> Any:
     """Parse one YAML document; raise ``ConfigError`` (with position) on syntax errors."""
     loader = _Loader(text, file)
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
-        col = mark.column + 1 if mark else None
-        msg = " ".join(x for x in (e.context, e.problem) if x) or str(e)
-        raise ConfigError([Problem(file, line, col, f"YAML syntax: {msg}")]) from None
+        raise ConfigError([_syntax_problem(file, e)]) from None
     except yaml.YAMLError as e:
         raise ConfigError([Problem(file, None, None, f"YAML: {e}")]) from None
     finally:

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import dns.exception
 import dns.name
+import dns.zonefile
 import dns.rdataclass
 import dns.rdatatype
 import dns.zone
 
 from filterdns.errors import ConfigError, Problem, list_config_dir
 from filterdns.model import CNAME, MX, NS, PTR, SOA, SRV
+from filterdns.dns import zonefile
 from filterdns.dns.wire import Name, name_to_text
 
 _COMPRESSIBLE = {NS, CNAME, PTR}
@@ -84,17 +86,6 @@ def _targets(rdataset) -> tuple[Name, ...]:
     return ()
 
 
-def _line_of(path: str, needle: str) -> int | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for no, line in enumerate(f, 1):
-                if needle.lower() in line.lower():
-                    return no
-    except OSError:
-        pass
-    return None
-
-
 def _line_text(path: str, lineno: int) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -124,33 +115,92 @@ def _real_line(path: str, origin_text: str, reported: int) -> int:
     return reported
 
 
+def _scan(path: str, origin_text: str) -> zonefile.Scan | None:
+    """The file's records with their lines (None if it cannot be read as text)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return zonefile.scan(f.read(), origin_text)
+    except (OSError, dns.exception.DNSException, ValueError):
+        return None
+
+
+def _syntax_problem(path: str, origin_text: str, msg: str, sc: zonefile.Scan | None) -> Problem:
+    """dnspython's "path:line: reason" in our words: the record's own line and what is wrong
+    with its data ("192.0.2.256 is not an IPv4 address"), else its reason and the line."""
+    prefix = f"{path}:"
+    if not msg.startswith(prefix):
+        return Problem(path, None, None, msg)
+    line, _, reason = msg[len(prefix):].partition(":")
+    if not line.isdigit():
+        return Problem(path, None, None, msg)
+    reported = int(line)
+    if sc is not None:
+        # an error in record data is reported after the end of its line: try the line before too
+        for cand in (reported - 1, reported):
+            e = zonefile.entry_at(sc.entries, cand)
+            if e is not None and (why := zonefile.explain_rdata(e)):
+                return Problem(path, e.line, None, why)
+    lineno = _real_line(path, origin_text, reported)
+    reason = reason.strip()
+    text = _line_text(path, lineno)
+    if text:
+        reason += f" in: {text}"
+    return Problem(path, lineno, None, reason)
+
+
+def _cname_problems(path: str, sc: zonefile.Scan | None, fallback: str) -> list[Problem]:
+    """A CNAME beside other data at one name (RFC 1034 3.6.2), at the CNAME's line."""
+    out = []
+    if sc is not None:
+        by_owner: dict = {}
+        for e in sc.entries:
+            if e.owner_text is not None and e.rdtype is not None:
+                by_owner.setdefault(e.key, []).append(e)
+        for entries in by_owner.values():
+            cnames = [e for e in entries if e.rdtype == CNAME]
+            others = [e for e in entries if e.rdtype not in (CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC)]
+            if cnames and others:
+                listed = ", ".join(f"{e.type_text} at line {e.line}" for e in others)
+                out.append(Problem(path, cnames[0].line, None,
+                                   f"{cnames[0].owner}: a CNAME cannot coexist with other data at the same name "
+                                   f"({listed}); keep the CNAME or the other records"))
+    return out or [Problem(path, None, None, fallback)]
+
+
 def load_zone(path: str, origin_text: str, problems: list[Problem]) -> Zone | None:
     """Load one master file; append problems (with file:line) and return None on error."""
+    sc = _scan(path, origin_text)
+    outside = []
+    if sc is not None:
+        outside = [Problem(path, line, None, msg) for line, msg in sc.problems]
+        outside += [Problem(path, line, None, msg)
+                    for line, msg in zonefile.outside(sc, dns.name.from_text(origin_text))]
+        problems.extend(outside)
     try:
         z = dns.zone.from_file(path, origin=origin_text, relativize=False, check_origin=True)
     except dns.exception.SyntaxError as e:
-        # dnspython formats these as "path:line: reason"
-        msg = str(e)
-        prefix = f"{path}:"
-        if msg.startswith(prefix):
-            line, _, reason = msg[len(prefix):].partition(":")
-            lineno = _real_line(path, origin_text, int(line)) if line.isdigit() else None
-            reason = reason.strip()
-            text = _line_text(path, lineno) if lineno else ""
-            if text:
-                reason += f" in: {text}"
-            problems.append(Problem(path, lineno, None, reason))
-        else:
-            problems.append(Problem(path, None, None, msg))
+        problems.append(_syntax_problem(path, origin_text, str(e), sc))
         return None
     except dns.zone.NoSOA:
-        problems.append(Problem(path, None, None, f"zone {origin_text} has no SOA record at its apex"))
+        if not outside:  # a wrong $ORIGIN already says why the apex has no SOA
+            soas = [e for e in (sc.entries if sc else ()) if e.rdtype == SOA]
+            if soas:
+                problems.append(Problem(path, soas[0].line, None,
+                                        f"the SOA record is owned by {soas[0].owner}, not by the zone's "
+                                        f"apex {origin_text} (named by the file name)"))
+            else:
+                problems.append(Problem(path, None, None, f"zone {origin_text} has no SOA record at its apex"))
         return None
     except dns.zone.NoNS:
         problems.append(Problem(path, None, None, f"zone {origin_text} has no NS records at its apex"))
         return None
+    except dns.zonefile.CNAMEAndOtherData as e:
+        problems.extend(_cname_problems(path, sc, f"a CNAME cannot coexist with other data ({e})"))
+        return None
     except (dns.exception.DNSException, OSError, UnicodeError) as e:
         problems.append(Problem(path, None, None, f"cannot load zone {origin_text}: {e}"))
+        return None
+    if outside:
         return None
 
     origin = Name(z.origin.to_wire())
@@ -168,12 +218,12 @@ def load_zone(path: str, origin_text: str, problems: list[Problem]) -> Zone | No
             node.rrsets[rds.rdtype] = RRset(rds.rdtype, rds.ttl,
                                             tuple(_rdata_parts(rd) for rd in rds), _targets(rds))
         if CNAME in node.rrsets and len(node.rrsets) > 1:
-            others = sorted(dns.rdatatype.to_text(t) for t in node.rrsets if t != CNAME)
-            problems.append(Problem(path, _line_of(path, str(dname.relativize(z.origin))), None,
-                                    f"{dname}: CNAME cannot coexist with other data ({', '.join(others)})"))
+            problems.extend(_cname_problems(path, sc, f"{dname}: a CNAME cannot coexist with other data"))
             bad = True
         if name.lower == origin.lower and CNAME in node.rrsets:
-            problems.append(Problem(path, None, None, f"{dname}: CNAME at the zone apex"))
+            lines = zonefile.lines_of(sc.entries, dname, CNAME) if sc else []
+            problems.append(Problem(path, lines[0] if lines else None, None,
+                                    f"{dname}: a CNAME at the zone apex (the apex has SOA and NS)"))
             bad = True
         nodes[name.lower] = node
         if name.lower[:2] == b"\x01*":

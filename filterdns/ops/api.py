@@ -565,13 +565,16 @@ class ControlServer(_Endpoint):
 
 
 class MetricsServer(_Endpoint):
-    """``GET /metrics`` (and ``/healthz``) only, for ``--metrics ADDR:PORT``."""
+    """``GET /metrics``, ``/healthz`` and ``/readyz`` only, for ``--metrics ADDR:PORT``: read-only,
+    so it can listen where Prometheus and a kubelet's probes reach it while the control API
+    (drains, reload) stays on loopback."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9153, render: Callable[[], bytes] | None = None,
-                 allow_hosts: tuple[str, ...] = ()):
+                 allow_hosts: tuple[str, ...] = (), ready: Callable[[], bool] | None = None):
         if render is None:
             from filterdns.ops.metrics import render_latest as render
         self.render = render
+        self.ready = ready
         self.http = HttpServer(host, port, self.handle, name="metrics", allow_hosts=allow_hosts)
 
     async def handle(self, req: Request) -> Response:
@@ -581,4 +584,7 @@ class MetricsServer(_Endpoint):
             return _metrics_response(self.render)
         if req.path == "/healthz":
             return json_response(200, {"status": "ok"})
+        if req.path == "/readyz" and self.ready is not None:
+            ready = bool(self.ready())
+            return json_response(200 if ready else 503, {"ready": ready})
         return json_response(404, {"error": f"no such endpoint {req.path}; try /metrics", "code": "not_found"})

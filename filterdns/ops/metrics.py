@@ -52,6 +52,8 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_state_store_staleness_seconds              since the store was last current (0 when up)
     filterdns_state_store_revision                       revision of the operator state served
     filterdns_fleet_instances                            instances connected (etcd store)
+    filterdns_drain_since_timestamp_seconds{region,service,cause}   when each drain began
+    filterdns_build_info{version,python,implementation}  always 1
 
 Multi-worker aggregation: ``snapshot()`` returns plain, picklable data and ``merge()`` adds
 snapshots together; with ``serve --workers N`` the supervisor renders ``/metrics`` through
@@ -304,6 +306,8 @@ class _Collector(Collector):
         s = self._snapshot_fn()
         sc = s["scalars"]
 
+        yield _build_info()
+
         yield _counter("filterdns_queries", "Queries answered, by transport, qtype and rcode.", ["transport", "qtype", "rcode"], s["queries"])
 
         yield _counter("filterdns_ecs_queries", "Queries carrying an EDNS Client Subnet option.", ["transport"], s["ecs"])
@@ -454,10 +458,28 @@ class _Collector(Collector):
         yield drained
         yield health
         yield feed
+        since = GaugeMetricFamily("filterdns_drain_since_timestamp_seconds",
+                                  "Unix time a drain began (service \"\" for a whole region), by cause.",
+                                  labels=["region", "service", "cause"])
+        for (rname, sname), d in sorted(status.drains.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            if (rname, sname) in known:
+                since.add_metric([rname, sname or "", d.cause], float(d.since))
+        yield since
         orphans = sum(1 for key in status.drains if key not in known)
         yield GaugeMetricFamily("filterdns_drains_orphaned",
                                 "Drains whose region or service is no longer in the config.",
                                 value=orphans)
+
+
+def _build_info() -> GaugeMetricFamily:
+    """``filterdns_build_info{version,python}`` = 1 (the Prometheus build_info convention)."""
+    import platform
+
+    from filterdns import __version__
+    g = GaugeMetricFamily("filterdns_build_info", "The running filterdns: version and Python (always 1).",
+                          labels=["version", "python", "implementation"])
+    g.add_metric([__version__, platform.python_version(), platform.python_implementation()], 1)
+    return g
 
 
 metrics = Metrics()

@@ -96,11 +96,12 @@ async def start(server) -> None:
                  "mutating calls need the bearer token" if token else
                  "read-only: no token configured, mutating calls are refused")
     if o.metrics is not None:
-        msrv = MetricsServer(o.metrics[0], o.metrics[1], render=render, allow_hosts=tuple(o.http_allow_hosts))
+        msrv = MetricsServer(o.metrics[0], o.metrics[1], render=render, allow_hosts=tuple(o.http_allow_hosts),
+                             ready=server.controller.ready)
         await msrv.start()
         server.add_aux("metrics endpoint", msrv.stop)
         host, port = msrv.address
-        log.info("metrics on http://%s:%d/metrics", host, port)
+        log.info("metrics on http://%s:%d/metrics (and /healthz, /readyz for probes)", host, port)
     if o.health and server.holder.state.health:
         # a fleet store takes this instance's verdicts and feeds back the fleet's (per policy)
         sink = _HealthToStore(store) if store.fleet else server.inventory
