@@ -74,6 +74,16 @@ def _unb64(s: str | None) -> bytes:
     return base64.b64decode(s) if s else b""
 
 
+def _reason(e: Exception) -> str:
+    """An etcd3gw error as one line (the gateway's JSON error message when there is one)."""
+    text = str(getattr(e, "detail_text", "") or e)
+    try:
+        text = json.loads(text).get("error") or text
+    except (ValueError, AttributeError):
+        pass
+    return " ".join(str(text).split())[:300]
+
+
 def _range_end(prefix: str) -> str:
     b = bytearray(prefix.encode())
     b[-1] += 1
@@ -149,6 +159,7 @@ class EtcdStore(StateStore):
         self._info: dict = {}
         self._last_error = ""
         self._http_watch = None
+        self._republish = False
 
     # ------------------------------------------------------------------ transport
     def _make_clients(self) -> None:
@@ -157,6 +168,9 @@ class EtcdStore(StateStore):
         for host, port in self.endpoints:
             c = Etcd3Client(host=host, port=port, protocol=self.protocol, ca_cert=self.ca,
                             cert_key=self.key, cert_cert=self.cert, timeout=TIMEOUT, api_path="/v3/")
+            # only what the options say: $REQUESTS_CA_BUNDLE would override --etcd-ca, and
+            # $HTTP_PROXY would send etcd traffic through a proxy
+            c.session.trust_env = False
             self._clients.append(c)
 
     def _authenticate(self, c) -> None:
@@ -189,7 +203,11 @@ class EtcdStore(StateStore):
                     else:
                         raise
             except (ex.ConnectionFailedError, ex.ConnectionTimeoutError) as e:
-                errors.append(f"{self.endpoints[idx][0]}:{self.endpoints[idx][1]}: {type(e).__name__}")
+                text = str(getattr(e, "detail_text", "") or e)
+                why = "certificate verify failed" if "CERTIFICATE_VERIFY_FAILED" in text else (
+                    "TLS error" if "SSL" in text else "timed out" if isinstance(e, ex.ConnectionTimeoutError)
+                    else "connection failed")
+                errors.append(f"{self.endpoints[idx][0]}:{self.endpoints[idx][1]}: {why}")
                 continue
             except ex.Etcd3Exception as e:
                 text = str(getattr(e, "detail_text", "") or e)
@@ -215,6 +233,13 @@ class EtcdStore(StateStore):
         try:
             out = self._post("/kv/range", {"key": _b64(self._key("state"))})
         except _Down as e:
+            out = None
+            down = e
+        except Exception as e:  # noqa: BLE001 - etcd answered, but no: auth, TLS, permissions
+            raise StateUnreadable(f"etcd {self.endpoints[self._current][0]}:{self.endpoints[self._current][1]} "
+                                  f"refused to read {self._key('state')}: {_reason(e)}") from None
+        if out is None:
+            e = down
             snap = self._read_snapshot()
             if snap is not None:
                 doc, rev, saved = snap
@@ -416,6 +441,10 @@ class EtcdStore(StateStore):
             try:
                 if self._lease is None:
                     self._grant_lease()
+                elif self._republish:
+                    # back after an outage the lease outlived: what changed meanwhile, again
+                    self._republish = False
+                    self._publish_all()
                 elif now >= next_keepalive:
                     out = self._post("/lease/keepalive", {"ID": self._lease})
                     if int((out.get("result") or {}).get("TTL", 0) or 0) <= 0:
@@ -432,11 +461,15 @@ class EtcdStore(StateStore):
     def _grant_lease(self) -> None:
         out = self._post("/lease/grant", {"TTL": LEASE_TTL})
         self._lease = int(out["ID"])
-        # everything this instance publishes under its lease, again
+        self._republish = False
+        self._publish_all()
+        self._campaign()
+
+    def _publish_all(self) -> None:
+        """Everything this instance publishes under its lease: its info and its verdicts."""
         self._put(self._key("instances", self.instance), json.dumps(self._instance_info()), lease=True)
         for (r, s), ok in list(self._own.items()):
             self._put(self._key("health", self.instance, r, s), "up" if ok else "down", lease=True)
-        self._campaign()
 
     def _campaign(self) -> None:
         key = _b64(self._key("leader"))
@@ -463,6 +496,7 @@ class EtcdStore(StateStore):
                       "revision %d; changes are refused until it is back", why, self.revision)
         self.up = False
         self.synced = False  # up again only after a full read (the watch thread's resync)
+        self._republish = True
         self._last_error = why
         self._resync.set()
         self._close_watch()
