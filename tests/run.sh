@@ -3,6 +3,7 @@
 #   - Python packages: the project and its [test] extra (pytest, hypothesis, ruff) in .venv
 #   - dig (Debian's dnsutils) when missing: the end-to-end tests drive the server with it
 #   - delv (bind9-dnsutils) and unbound when missing: the DNSSEC tests validate with them
+#   - etcd (Debian's etcd-server) when missing: the fleet tests start a 3-member cluster
 #   - ruff check (rules and complexity limit in pyproject.toml) before pytest: a lint error fails
 # Extra arguments go to pytest (e.g. tests/run.sh -k wire; tests/run.sh -m unit, the quick loop
 # of in-process tests; tests/run.sh -m e2e, the ones that start servers).
@@ -35,6 +36,15 @@ if [ ${#deploy_pkgs[@]} -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
     --no-install-recommends "${deploy_pkgs[@]}" >/dev/null
+fi
+
+if ! command -v etcd >/dev/null 2>&1; then
+  echo "tests/run.sh: installing etcd (etcd-server)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq etcd-server >/dev/null
+  # the package starts a system etcd on the default ports; the tests start their own
+  $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 
 PY=${PYTHON:-python3}

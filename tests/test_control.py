@@ -82,9 +82,12 @@ def run(tmp_path, body, **kw):
 def test_health_ready_and_regions(tmp_path):
     async def body(h):
         assert await h.call("GET", "/healthz") == (200, {"status": "ok"})
-        assert await h.call("GET", "/readyz") == (503, {"ready": False})
+        status, body = await h.call("GET", "/readyz")
+        assert (status, body["ready"]) == (503, False)
         h.is_ready = True
-        assert await h.call("GET", "/readyz") == (200, {"ready": True})
+        status, body = await h.call("GET", "/readyz")
+        assert (status, body["ready"]) == (200, True)
+        assert body["state_store"] == {"kind": "file", "up": True, "stale_seconds": 0.0}
         status, data = await h.call("GET", "/regions")
         assert status == 200 and sorted(data["regions"]) == ["ams", "fra"]
         assert data["regions"]["fra"]["services"]["wss"]["health"] == "unknown"

@@ -478,7 +478,12 @@ class ControlServer(_Endpoint):
             if bad := self._only(req, "GET"):
                 return bad
             ready = bool(c.ready())
-            return json_response(200 if ready else 503, {"ready": ready})
+            # DNS keeps answering while the state store is away (from the last known state),
+            # so readiness does not depend on it; the body says how current that state is
+            store = c.store.describe()
+            return json_response(200 if ready else 503, {
+                "ready": ready, "state_store": {"kind": store["kind"], "up": store["up"],
+                                                "stale_seconds": store["stale_seconds"]}})
         if path == "/metrics" and self.render_metrics is not None:
             return self._only(req, "GET") or _metrics_response(self.render_metrics)
         if path == "/regions":

@@ -1,4 +1,4 @@
-"""Operator commands that talk to the control API: status, drain, undrain, reload, feed.
+"""Operator commands that talk to the control API: status, audit, drain, undrain, reload, feed.
 
 Each ``*_main(args)`` returns the exit status: 0 done (including "already so"), 1 refused or
 failed (safety rule, rejected reload, authentication, server unreachable), 2 usage (bad
@@ -10,6 +10,7 @@ Common options: ``--control ADDR:PORT`` (default ``127.0.0.1:9154`` or ``$FILTER
 Examples::
 
     filterdns status
+    filterdns audit --limit 20
     filterdns drain fra --service wss --reason "LB maintenance, CHG-1234"
     filterdns drain fra --reason "last one, I know" --force
     filterdns drain fra --reason "kernel upgrade" --for 2h
@@ -209,7 +210,78 @@ def format_status(data: dict, now: float | None = None) -> str:
     if data.get("restore_error"):
         lines.append("")
         lines.append(f"warning: {data['restore_error']}")
+    lines += _store_text(data.get("store"), data.get("fleet"))
     return "\n".join(lines)
+
+
+def _store_text(store: dict | None, fleet: dict | None) -> list[str]:
+    """The state store line and, for a fleet, one row per connected instance."""
+    if not store or store.get("kind") == "file":
+        return []
+    lines = [""]
+    head = f"state store: {store.get('kind')} {','.join(store.get('endpoints') or [])}{store.get('prefix', '')}"
+    if store.get("up"):
+        lines.append(f"{head}: up, revision {store.get('revision')}")
+    else:
+        lines.append(f"{head}: UNREACHABLE for {store.get('stale_seconds', 0):.0f} s "
+                     f"({store.get('error') or 'no answer'}): serving the last known state "
+                     f"(revision {store.get('revision')}); changes are refused")
+    if not fleet:
+        return lines
+    instances = fleet.get("instances") or {}
+    hashes = [v.get("config_hash") for v in instances.values()]
+    common = max(set(hashes), key=hashes.count) if hashes else None
+    lines.append(f"fleet: {len(instances)} instance(s) connected; health policy {fleet.get('policy')}; "
+                 f"drain automation on {fleet.get('leader') or 'nobody'}; this is {fleet.get('instance')}")
+    rows = [("INSTANCE", "GENERATION", "CONFIG", "CONTROL", "HEALTH VERDICTS")]
+    for name, v in instances.items():
+        cfg = str(v.get("config_hash") or "?") + (" (differs)" if v.get("config_hash") != common else "")
+        verdicts = " ".join(f"{k}={x}" for k, x in sorted((v.get("verdicts") or {}).items())) or "-"
+        rows.append((name + (" *" if v.get("leader") else ""), str(v.get("generation", "?")), cfg,
+                     str(v.get("control") or "-"), verdicts))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows]
+    eff = fleet.get("effective_health") or {}
+    if eff:
+        lines.append("effective health: " + " ".join(f"{k}={v or 'unknown'}" for k, v in sorted(eff.items())))
+    return lines
+
+
+def audit_main(args: argparse.Namespace) -> int:
+    """Print the audit log: this server's, or the whole fleet's with an etcd state store."""
+    limit = getattr(args, "limit", 50)
+    if not 1 <= limit <= 10000:
+        print("error: --limit must be 1-10000", file=sys.stderr)
+        return EXIT_USAGE
+
+    def go():
+        answer = _call(args, "GET", f"/audit?limit={limit}")
+        if not getattr(args, "json", False):
+            print(format_audit(answer.get("entries") or []))
+        return answer
+    return _run(args, go)
+
+
+def format_audit(entries: list[dict]) -> str:
+    """One line per entry: when, which instance, who, what, where, why."""
+    rows = []
+    for e in entries:
+        target = (e.get("region") or "") + (f"/{e['service']}" if e.get("service") else "")
+        action = str(e.get("action") or "?") + (" (forced)" if e.get("force") else "")
+        why = e.get("reason") or ""
+        detail = e.get("detail")
+        if e.get("action") == "refused" and isinstance(detail, list):
+            why = (why + ": " if why else "") + "; ".join(map(str, detail))
+        elif e.get("action") == "reload" and isinstance(detail, dict):
+            why = f"generation {detail.get('generation')}, {'ok' if detail.get('ok') else 'rejected'}"
+        rows.append((str(e.get("iso") or e.get("time") or "?"), str(e.get("instance") or "-"),
+                     str(e.get("actor") or "-"), action, target or "-", why))
+    if not rows:
+        return "(no audit entries)"
+    head = ("TIME", "INSTANCE", "ACTOR", "ACTION", "TARGET", "REASON")
+    rows.insert(0, head)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
 
 
 def status_main(args: argparse.Namespace) -> int:
@@ -333,6 +405,12 @@ def add_subparsers(subparsers: Any) -> None:
                               description=status_main.__doc__)
     _common(p)
     p.set_defaults(func=status_main)
+
+    p = subparsers.add_parser("audit", help="show the audit log (the whole fleet's with an etcd store)",
+                              description=audit_main.__doc__)
+    p.add_argument("--limit", type=int, default=50, help="how many of the latest entries (default: %(default)s)")
+    _common(p)
+    p.set_defaults(func=audit_main)
 
     p = subparsers.add_parser("drain", help="take a region (or one service) out of DNS answers",
                               description=drain_main.__doc__)

@@ -353,14 +353,19 @@ class Controller:
                 try:
                     await self.store.commit(revision, doc, audit)
                 except Conflict:
-                    await self.store.refresh()
-                    continue
+                    pass
                 except (NotDurable, Unavailable) as e:
                     log.error("not done (%s): %s", event.get("action"), e.message)
                     raise StoreFailed(f"not done, nothing was changed: {e.message}",
                                       store=self.store.describe()) from None
-                self.inventory.commit(drains, feeds, event, fu)
-                return done()
+                else:
+                    self.inventory.commit(drains, feeds, event, fu)
+                    return done()
+                try:  # another instance changed the state: re-read it, then plan again on it
+                    await self.store.refresh()
+                except Unavailable as e:
+                    raise StoreFailed(f"not done, nothing was changed: {e.message}",
+                                      store=self.store.describe()) from None
             raise StoreFailed(f"not done: the state changed {MAX_CONFLICTS} times while committing; try again")
 
     # -- operations ---------------------------------------------------------------------------

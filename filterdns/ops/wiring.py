@@ -6,7 +6,9 @@ assembly in ``filterdns.app`` calls this, so the serve layer never imports ops."
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger("filterdns")
@@ -27,6 +29,12 @@ def build_store(opts):
         raise WiringError(f"--state-dir {state_dir}: {e}") from None
     etcd = {k: getattr(opts, k, None) for k in ("etcd_ca", "etcd_cert", "etcd_key", "etcd_user",
                                                 "etcd_password_file", "health_policy", "instance")}
+    if etcd["instance"] is None:
+        import socket
+        where = f":{opts.control[1]}" if opts.control else f"-{os.getpid()}"
+        etcd["instance"] = socket.gethostname() + where
+    elif not etcd["instance"] or "/" in etcd["instance"] or len(etcd["instance"]) > 128:
+        raise WiringError(f"--instance {etcd['instance']!r}: 1-128 characters, no '/'")
     try:
         return open_store(getattr(opts, "state", None), str(state_dir),
                           **{k: v for k, v in etcd.items() if v is not None})
@@ -68,6 +76,17 @@ async def start(server) -> None:
     m = server.metrics
     m.bind(lambda: server.holder.state, server.inventory, store=server.controller.store)
     store = server.controller.store
+    if store.fleet:
+        # the fleet's effective health verdicts (policy over every instance's) drive the answers
+        store.on_health = server.inventory.set_health
+
+        def publish(state) -> None:
+            store.publish_instance({
+                "generation": state.generation, "config_hash": config_hash(state),
+                "control": f"{o.control[0]}:{o.control[1]}" if o.control else None,
+                "listen": [f"{h}:{p}" for h, p in o.listen]})
+        publish(server.holder.state)
+        server.holder.subscribe(lambda old, new: publish(new))
     await store.start()
     server.add_aux("state store", store.stop)
     # drains and feed values with an expiry are dropped (and audited) at their time
@@ -129,3 +148,18 @@ class _HealthToStore:
 
     def set_health(self, region: str, service: str, healthy: bool | None) -> None:
         self.store.publish_health(region, service, healthy)
+
+
+def config_hash(state) -> str:
+    """sha256 (first 16 hex digits) over the config files a State was built from, so
+    ``filterdns status`` shows an instance serving a different config."""
+    h = hashlib.sha256()
+    for name in sorted(set(getattr(state, "files", ()) or ())):
+        h.update(os.path.basename(name).encode() + b"\0")
+        try:
+            with open(name, "rb") as f:
+                h.update(f.read())
+        except OSError:
+            h.update(b"<unreadable>")
+        h.update(b"\0")
+    return h.hexdigest()[:16]

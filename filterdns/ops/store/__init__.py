@@ -132,6 +132,21 @@ def audit_line(entry: dict, instance: str, clock: Callable[[], float] = time.tim
     return line
 
 
+def effective_health(verdicts: Iterable[bool], policy: str = "quorum") -> bool | None:
+    """The fleet's verdict from the live instances' verdicts (True healthy): None when nobody
+    checks it. ``quorum``: down when more than half say down; ``all``: down only when every
+    instance says down; ``any``: down when any one says down."""
+    votes = list(verdicts)
+    if not votes:
+        return None
+    down = sum(1 for v in votes if not v)
+    if policy == "any":
+        return down == 0
+    if policy == "all":
+        return down < len(votes)
+    return not down * 2 > len(votes)
+
+
 def parse_state_spec(spec: str | None) -> dict:
     """``None`` / ``file`` -> file store; ``etcd://h:p[,h:p...]/prefix`` -> etcd settings."""
     if spec is None or spec in ("", "file"):
@@ -170,4 +185,4 @@ def open_store(spec: str | None, state_dir: str, **options: Any) -> StateStore:
 
 
 __all__ = ["StateStore", "Loaded", "StoreError", "StateUnreadable", "NotDurable", "Unavailable",
-           "Conflict", "open_store", "parse_state_spec", "audit_line", "Awaitable"]
+           "Conflict", "effective_health", "open_store", "parse_state_spec", "audit_line", "Awaitable"]
