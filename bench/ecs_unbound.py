@@ -24,7 +24,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,24 +38,11 @@ import dns.query
 import maxminddb
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from filterdns.serve.address import free_port  # noqa: E402 - after the checkout is on the path
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 
 
-def free_port() -> int:
-    for _ in range(50):
-        t = socket.socket()
-        t.bind(("127.0.0.1", 0))
-        port = t.getsockname()[1]
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            u.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-        return port
-    raise RuntimeError("no free port")
 
 
 def wait_answer(port: int, name: str, deadline: float) -> None:
