@@ -58,6 +58,10 @@ class PolicyGeo:
 
     lookup = locate
 
+    def widest(self, family, loc, same, budget=0):
+        """No widening: the stand-in's networks are the policy's subnets, nothing around them."""
+        return loc.prefix_len
+
 
 def _rows():
     if policy is None:
