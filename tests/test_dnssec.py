@@ -33,14 +33,14 @@ def keys(tmp_path_factory):
     return d
 
 
-def _responder(keys_dir, monkeypatch):
+def _responder(keys_dir, monkeypatch, zones=ROOT / "zones"):
     from filterdns.config.build import build_state
     from filterdns.config.state import StateHolder
     from filterdns.dns.responder import Responder
     from filterdns.routing.inventory import Inventory
 
     monkeypatch.setenv("FILTERDNS_KEYS", str(keys_dir or "/nonexistent-filterdns-keys"))
-    state = build_state(ROOT / "zones", ROOT / "chains")
+    state = build_state(zones, ROOT / "chains")
     return Responder(StateHolder(state), Inventory(), rng=random.Random(7))
 
 
@@ -251,3 +251,97 @@ def test_truncation_counts_the_signatures(signed):
     assert len(m.additional) < 6 and full > len(raw)
     m, raw = ask(signed, "example.com.", "DNSKEY", payload=512, limit=150)
     assert m.flags & dns.flags.TC and not m.answer and len(raw) <= 150
+
+
+# ------------------------------------------------------------------------------ delegations
+#
+# The bundled zone delegates corp.example.com without DS (an insecure child); the test zone adds
+# secure.example.com with the DS of a child key (a secure one).
+
+
+def delegating_zones(tmp_path, child_key=None):
+    """The bundled zones plus a secure delegation ``secure.example.com`` (NS, glue, DS)."""
+    from filterdns.dns import dnssec
+
+    if child_key is None:
+        child_key = dnssec.keygen(tmp_path / "child-keys", "secure.example.com")
+    d = tmp_path / "zones"
+    d.mkdir(exist_ok=True)
+    ds = dnssec.ds_text("secure.example.com", child_key).split(None, 1)[1]
+    (d / "example.com.zone").write_text(
+        (ROOT / "zones" / "example.com.zone").read_text()
+        + f"secure          IN NS   ns.secure.example.com.\nsecure          3600 {ds}\n"
+        "ns.secure       IN A    192.0.2.98\n")
+    return d, child_key
+
+
+def _types(nsec_rrset):
+    return {dns.rdatatype.to_text(w * 256 + i * 8 + j) for w, bits in nsec_rrset[0].windows
+            for i, b in enumerate(bits) for j in range(8) if b & (0x80 >> j)}
+
+
+@pytest.fixture
+def delegating(keys, monkeypatch, tmp_path):
+    zones, child = delegating_zones(tmp_path)
+    r = _responder(keys, monkeypatch, zones)
+    r.child_key = child
+    return r
+
+
+def test_referral_to_an_insecure_child_proves_no_ds(delegating):
+    keyring = dnskeys(delegating)
+    m, _ = ask(delegating, "host.corp.example.com.", "A")
+    assert m.rcode() == dns.rcode.NOERROR and not m.answer and not m.flags & dns.flags.AA
+    kinds = {(str(s.name), dns.rdatatype.to_text(s.rdtype)) for s in m.authority}
+    assert kinds == {("corp.example.com.", "NS"), ("corp.example.com.", "NSEC"), ("corp.example.com.", "RRSIG")}
+    nsec = _nsec(m)
+    assert _types(nsec) == {"NS", "RRSIG", "NSEC"}  # not DS: the child is unsigned
+    sig = [s for s in m.authority if s.rdtype == dns.rdatatype.RRSIG]
+    assert [s.covers for s in sig] == [dns.rdatatype.NSEC]  # NS of a delegation is never signed
+    dns.dnssec.validate(nsec, sig[0], keyring)
+    assert m.additional  # glue, unsigned
+    assert not [s for s in m.additional if s.rdtype == dns.rdatatype.RRSIG]
+
+
+def test_referral_to_a_secure_child_carries_its_signed_ds(delegating):
+    keyring = dnskeys(delegating)
+    m, _ = ask(delegating, "www.secure.example.com.", "A")
+    assert m.rcode() == dns.rcode.NOERROR and not m.answer and not m.flags & dns.flags.AA
+    assert not [s for s in m.authority if s.rdtype == dns.rdatatype.NSEC]
+    ds = m.find_rrset(m.authority, dns.name.from_text("secure.example.com."), dns.rdataclass.IN, dns.rdatatype.DS)
+    sig = m.find_rrset(m.authority, ds.name, dns.rdataclass.IN, dns.rdatatype.RRSIG, dns.rdatatype.DS)
+    dns.dnssec.validate(ds, sig, keyring)
+    k = delegating.child_key
+    child = dns.rdata.from_wire(dns.rdataclass.IN, dns.rdatatype.DNSKEY, k.rdata, 0, len(k.rdata))
+    assert ds[0] == dns.dnssec.make_ds("secure.example.com.", child, "SHA256")
+    ns = [s for s in m.authority if s.rdtype == dns.rdatatype.NS]
+    assert ns and not [s for s in m.authority if s.rdtype == dns.rdatatype.RRSIG and s.covers == dns.rdatatype.NS]
+
+
+@pytest.mark.parametrize("name,positive", [("secure.example.com.", True), ("corp.example.com.", False)])
+def test_ds_at_the_cut_is_answered_by_the_parent_signed(delegating, name, positive):
+    keyring = dnskeys(delegating)
+    m, _ = ask(delegating, name, "DS")
+    assert m.rcode() == dns.rcode.NOERROR and m.flags & dns.flags.AA
+    if positive:
+        assert validate_section(m.answer, keyring) == 1
+        assert m.answer[0].rdtype == dns.rdatatype.DS
+    else:
+        assert not m.answer
+        assert validate_section(m.authority, keyring) == 2  # SOA and NSEC
+        assert _types(_nsec(m)) == {"NS", "RRSIG", "NSEC"}
+
+
+def test_referrals_without_do_are_unchanged(keys, monkeypatch, tmp_path):
+    zones, _ = delegating_zones(tmp_path)
+    signed = _responder(keys, monkeypatch, zones)
+    plain = _responder(None, monkeypatch, zones)
+    for name, rdtype in (("www.secure.example.com.", "A"), ("host.corp.example.com.", "A"),
+                         ("secure.example.com.", "DS"), ("corp.example.com.", "DS")):
+        q = dns.message.make_query(name, rdtype, use_edns=0)
+        w = q.to_wire()
+        a = signed.respond(w, ("127.0.0.1", 53), "udp", 0)
+        assert a == plain.respond(w, ("127.0.0.1", 53), "udp", 0)
+        m = dns.message.from_wire(a)
+        assert not [s for s in m.authority if s.rdtype in (dns.rdatatype.DS, dns.rdatatype.RRSIG,
+                                                          dns.rdatatype.NSEC)]

@@ -138,7 +138,7 @@ def test_delv_rejects_a_wrong_trust_anchor(signed, tmp_path):
     assert "fully validated" not in out, out
 
 
-def unbound(tmp, upstream: int, key):
+def unbound(tmp, upstream: int, key, extra: str = ""):
     port = free_port()
     conf = tmp / f"unbound-{port}.conf"
     conf.write_text(f"""server:
@@ -160,7 +160,7 @@ def unbound(tmp, upstream: int, key):
     verbosity: 1
     num-threads: 1
     so-reuseport: no
-stub-zone:
+{extra}stub-zone:
     name: "example.com"
     stub-addr: 127.0.0.1@{upstream}
 remote-control:
@@ -254,3 +254,133 @@ def test_dnssec_cli_keygen_ds_and_rollover(tmp_path):
     assert run("remove", "example.com", str(ksk1))[0] == 0
     rc, out = run("ds", "example.com")
     assert out.count(" IN DS ") == 1 and f"DS {ksk2} " in out
+
+
+# ------------------------------------------------------------------------------ delegations
+#
+# A signed parent (example.com) delegates three children to one child server on port 53 of a
+# loopback address of its own (the glue): secure (signed, its DS in the parent), insecure
+# (unsigned, no DS: the referral's NSEC proves it) and bogus (signed, but the parent's DS is of
+# another key). A validating Unbound that knows only the parent follows the referrals.
+
+CHILD_ZONE = """$ORIGIN {zone}.
+$TTL 300
+@    IN SOA ns.child.example.com. hostmaster.example.com. 1 3600 600 604800 30
+@    IN NS  ns.child.example.com.
+www  IN A   192.0.2.7
+"""
+
+
+def _loopback_53():
+    """A random 127.x.y.z whose port 53 is free (or None: not allowed to bind it)."""
+    import random
+
+    for _ in range(20):
+        addr = f"127.{random.randrange(60, 250)}.{random.randrange(1, 250)}.{random.randrange(2, 250)}"
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind((addr, 53))
+            return addr
+        except PermissionError:
+            return None
+        except OSError:
+            continue
+        finally:
+            s.close()
+    return None
+
+
+@pytest.fixture(scope="module")
+def delegations(tmp_path_factory):
+    from filterdns.dns import dnssec
+
+    tmp = tmp_path_factory.mktemp("delegations")
+    addr = _loopback_53()
+    if addr is None:
+        pytest.skip("cannot bind port 53 on a loopback address (the child server's glue needs it)")
+    child_keys = tmp / "child-keys"
+    secure = dnssec.keygen(child_keys, "secure.example.com")
+    dnssec.keygen(child_keys, "bogus.example.com")
+    other = dnssec.keygen(tmp / "unused", "bogus.example.com")
+    czones = tmp / "child-zones"
+    czones.mkdir()
+    for z in ("secure", "insecure", "bogus"):
+        (czones / f"{z}.example.com.zone").write_text(CHILD_ZONE.format(zone=f"{z}.example.com"))
+    (tmp / "child-chains").mkdir()
+    pzones = tmp / "zones"
+    pzones.mkdir()
+    ds = {z: dnssec.ds_text(f"{z}.example.com", k).split(None, 1)[1] for z, k in (("secure", secure), ("bogus", other))}
+    (pzones / "example.com.zone").write_text(
+        (ROOT / "zones" / "example.com.zone").read_text()
+        + "".join(f"{z:15s} IN NS ns.child.example.com.\n" for z in ("secure", "insecure", "bogus"))
+        + f"secure          {ds['secure']}\nbogus           {ds['bogus']}\n"
+        f"ns.child        IN A {addr}\n")
+    pkeys = tmp / "keys"
+    key = dnssec.keygen(pkeys, "example.com")
+    parent = start_server(tmp, zones=pzones, env={"FILTERDNS_KEYS": str(pkeys)})
+    child = None
+    try:
+        child = _start_child(tmp, czones, child_keys, addr)
+        parent.key = key
+        parent.tmp = tmp
+        parent.child = child
+        yield parent
+    finally:
+        parent.stop()
+        if child is not None:
+            child.stop()
+    assert "Traceback" not in parent.log(), parent.log()
+
+
+def _start_child(tmp, zones, keys, addr):
+    import os
+    import sys
+
+    from conftest import ServerProcess
+
+    log_path = tmp / "child.log"
+    args = [sys.executable, "-m", "filterdns", "serve", "--listen", f"{addr}:53", "--zones", str(zones),
+            "--chains", str(tmp / "child-chains"), "--state-dir", str(tmp / "child-state"),
+            "--metrics", "off", "--control", "off", "--workers", "1"]
+    env = dict(os.environ, FILTERDNS_KEYS=str(keys), PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(args, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env, cwd=str(tmp))
+    sp = ServerProcess(53, proc, log_path, args)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"child server exited {proc.returncode}:\n{sp.log()}")
+        try:
+            dns.query.udp(dns.message.make_query("secure.example.com.", "SOA"), addr, port=53, timeout=0.3)
+            return sp
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.05)
+    sp.stop()
+    raise RuntimeError(f"child server did not answer:\n{sp.log()}")
+
+
+@pytest.mark.skipif(DELV is None, reason="delv (bind9-dnsutils) not installed; tests/run.sh installs it")
+@pytest.mark.parametrize("name,expect", [
+    ("secure.example.com", "; fully validated"),  # the DS RRset, answered by the parent
+    ("insecure.example.com", "; negative response, fully validated"),  # NSEC: NS, no DS
+])
+def test_delv_validates_ds_at_the_cut(delegations, name, expect):
+    out = delv(delegations.port, delegations.key, name, "DS", delegations.tmp)
+    assert expect in out, out
+
+
+@pytest.mark.skipif(UNBOUND is None, reason="unbound not installed; tests/run.sh installs it")
+def test_validating_unbound_follows_secure_and_insecure_referrals(delegations, tmp_path):
+    proc, port = unbound(tmp_path, delegations.port, delegations.key)
+    try:
+        def ask(name):
+            q = dns.message.make_query(name, "A", want_dnssec=True)
+            return dns.query.udp(q, "127.0.0.1", port=port, timeout=30)
+
+        r = ask("www.secure.example.com.")  # DS from the referral -> the child's DNSKEY -> AD
+        assert r.rcode() == dns.rcode.NOERROR and r.answer and r.flags & dns.flags.AD, r
+        r = ask("www.insecure.example.com.")  # proven insecure: an answer, without AD
+        assert r.rcode() == dns.rcode.NOERROR and r.answer and not r.flags & dns.flags.AD, r
+        r = ask("www.bogus.example.com.")  # the parent's DS matches no key of the child
+        assert r.rcode() == dns.rcode.SERVFAIL, r
+    finally:
+        _stop(proc)

@@ -21,7 +21,10 @@ unsigned path, unchanged. Authoritative: AD is never set, CD is echoed (RFC 6840
   bitmap lists the types that exist there (never the queried one), RRSIG and NSEC;
 * NXDOMAIN is answered as NODATA (RCODE NOERROR) with an NSEC at the query name, bitmap RRSIG,
   NSEC and NXNAME (RFC 9824 compact denial: nothing to walk, nothing precomputed);
-* referrals: an NSEC at the cut (NS, RRSIG, NSEC) proves the delegation insecure (no DS).
+* referrals: the child's DS RRset from the parent's zone file with its RRSIG (a secure
+  delegation), else an NSEC at the cut (NS, RRSIG, NSEC; no DS) that proves it insecure; NS and
+  glue are never signed. A query for DS at the cut is answered by the parent, signed (the DS
+  RRset, or NODATA with that NSEC).
 
 Signatures are cached per (owner, type, TTL, rdata set) in a bounded LRU per signer, i.e. per
 config generation and key set: a routed answer chosen before costs no new signature. Validity:
@@ -365,6 +368,17 @@ def _nsec(owner, owner_lower: bytes, types, ttl: int):
     return (owner, NSEC, 1, ttl, nxt + type_bitmap(types))
 
 
+def delegation_proof(zone, cut) -> list:
+    """What a signed referral to ``cut`` adds to the NS RRset (RFC 4035 §3.1.4): the DS
+    records of the child from the parent's zone file (a secure delegation), else an NSEC at
+    the cut whose bitmap has NS, RRSIG and NSEC but not DS (an insecure one)."""
+    node = zone.nodes.get(cut.lower)
+    ds = node.rrsets.get(DS) if node is not None else None
+    if ds is not None:
+        return [(cut, DS, 1, ds.ttl, rd) for rd in ds.rdatas]
+    return [_nsec(cut, cut.lower, (NS, RRSIG, NSEC), zone.neg_ttl)]
+
+
 def _final_name(q, answer):
     """The name a CNAME chain in the answer ends at: (owner for rendering, lowercase wire)."""
     owner, lower = None, q.qname_lower
@@ -415,9 +429,10 @@ def sign_decision(q, d, state, zone, signer: Signer, now: float):
     rcode = d.rcode
     referral = any(r[1] == NS for r in authority)
     if referral:
-        # NS and glue of a delegation are not signed (RFC 4035 §2.2); no DS -> insecure
+        # NS and glue of a delegation are not signed (RFC 4035 §2.2); the parent's DS RRset is,
+        # and without one an NSEC at the cut proves there is none: the child is insecure
         cut = next(r[0] for r in authority if r[1] == NS)
-        authority.append(_nsec(cut, cut.lower, (NS, RRSIG, NSEC), zone.neg_ttl))
+        authority.extend(delegation_proof(zone, cut))
         authority = _signed(_group(authority, qn), signer, now, skip=(NS,))
     else:
         if additional:
