@@ -50,27 +50,12 @@ import dns.tsig
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from filterdns.serve.address import free_port  # noqa: E402 - after the path is set
+
 ZONES = ROOT / "tests" / "fixtures" / "zones"
 NAMES = ["test.example.", "www.test.example.", "nope.test.example.", "x.wild.test.example.",
          "big.test.example.", "www.sub.test.example.", "sub.test.example.", "example.org.", "."]
 TYPES = ["A", "AAAA", "SOA", "NS", "TXT", "MX", "ANY", "CNAME", "SRV", "DS", "AXFR", "CAA"]
-
-
-def free_port() -> int:
-    for _ in range(50):
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        t.bind(("127.0.0.1", 0))
-        port = t.getsockname()[1]
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            u.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-    raise RuntimeError("no free port")
 
 
 # ------------------------------------------------------------------------------ packets

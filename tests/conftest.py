@@ -78,13 +78,19 @@ class ServerProcess:
         return fn(q, "127.0.0.1", port=self.port, timeout=timeout)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM a process this test started, then SIGKILL it if it has not exited in ``grace``
+    seconds; always reaps it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def start_server(tmp_path, *extra, zones=None, chains=None, env=None, wait=True,

@@ -24,7 +24,7 @@ import dns.message
 import dns.query
 import pytest
 
-from conftest import ROOT, free_port, start_server
+from conftest import ROOT, free_port, start_server, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -134,12 +134,7 @@ def prom(tmp_path_factory):
             time.sleep(0.5)
         yield pport
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 20)
         fd.stop()
 
 

@@ -14,7 +14,7 @@ import dns.message
 import dns.query
 import pytest
 
-from conftest import ROOT, free_port, start_server
+from conftest import ROOT, free_port, start_server, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -70,12 +70,7 @@ def resolver(tmp_path):
             time.sleep(0.2)
         yield uport
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         fd.stop()
 
 

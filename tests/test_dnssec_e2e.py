@@ -18,7 +18,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from conftest import ROOT, free_port, start_server
+from conftest import ROOT, free_port, start_server, stop_process
 
 pytestmark = pytest.mark.e2e
 
@@ -179,13 +179,6 @@ remote-control:
     return proc, port
 
 
-def _stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 @pytest.mark.skipif(UNBOUND is None, reason="unbound not installed; tests/run.sh installs it")
@@ -202,7 +195,7 @@ def test_validating_unbound_sets_ad_and_servfails_without_the_key(signed, tmp_pa
         r = dns.query.udp(q, "127.0.0.1", port=port, timeout=20)
         assert r.flags & dns.flags.AD and not r.answer
     finally:
-        _stop(proc)
+        stop_process(proc)
     # the same server without its key (the key directory emptied): the zone is bogus
     unsigned = start_server(tmp_path, env={"FILTERDNS_KEYS": str(tmp_path / "no-keys")})
     proc, port = unbound(tmp_path, unsigned.port, signed.key)
@@ -211,7 +204,7 @@ def test_validating_unbound_sets_ad_and_servfails_without_the_key(signed, tmp_pa
         r = dns.query.udp(q, "127.0.0.1", port=port, timeout=20)
         assert r.rcode() == dns.rcode.SERVFAIL, r
     finally:
-        _stop(proc)
+        stop_process(proc)
         unsigned.stop()
 
 
@@ -383,4 +376,4 @@ def test_validating_unbound_follows_secure_and_insecure_referrals(delegations, t
         r = ask("www.bogus.example.com.")  # the parent's DS matches no key of the child
         assert r.rcode() == dns.rcode.SERVFAIL, r
     finally:
-        _stop(proc)
+        stop_process(proc)

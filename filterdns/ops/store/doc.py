@@ -54,6 +54,58 @@ def _feed_until(until: Any, feed: dict, where: str, problems: list[str]) -> None
         feed["until"] = {k: float(v) for k, v in until.items()}
 
 
+def _section(data: dict, section: str, problems: list[str], build) -> list[dict]:
+    """The valid entries of the list ``data[section]``, each made by ``build(where, entry,
+    target, label)`` (which returns the clean entry, or a problem string). One problem per
+    entry that is not an object, has no valid region/service, fails ``build``, or repeats a
+    target kept before (the first is kept)."""
+    raw = data.get(section, [])
+    if not isinstance(raw, list):
+        problems.append(f"{section}: must be a list, got {_show(raw)}")
+        return []
+    kept: dict[tuple, dict] = {}
+    for n, entry in enumerate(raw):
+        where = f"{section}[{n}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: must be an object, got {_show(entry)}")
+            continue
+        t = _target(entry, where)
+        if isinstance(t, str):
+            problems.append(t)
+            continue
+        label = f"{t[0]}{'/' + t[1] if t[1] else ''}"
+        clean = build(where, entry, t, label)
+        if isinstance(clean, str):
+            problems.append(clean)
+        elif t in kept:
+            what = "drain of" if section == "drains" else "feed entry for"
+            problems.append(f"{where}: a second {what} {label}; keeping the first")
+        else:
+            kept[t] = clean
+    return list(kept.values())
+
+
+def _drain(where: str, d: dict, t: tuple, label: str) -> dict | str:
+    bad = []
+    for key in ("reason", "actor"):
+        if not isinstance(d.get(key, ""), str):
+            bad.append(f"{key} must be a string")
+    if d.get("cause", "operator") not in CAUSES:
+        bad.append(f"cause must be one of {', '.join(CAUSES)}")
+    if not _num(d.get("since", 0)):
+        bad.append("since must be a number")
+    if d.get("until") is not None and not _num(d.get("until")):
+        bad.append("until must be a number or null")
+    if bad:
+        return f"{where} ({label}): {'; '.join(bad)}: {_show(d)}"
+    drain = {"region": t[0], "service": t[1], "reason": d.get("reason", ""),
+             "actor": d.get("actor", ""), "cause": d.get("cause", "operator"),
+             "since": float(d.get("since", 0))}
+    if d.get("until") is not None:
+        drain["until"] = float(d["until"])
+    return drain
+
+
 def parse_doc(data: Any) -> tuple[dict, list[str]]:
     """(clean document, problems). ``data`` is the decoded JSON value."""
     from filterdns.ops.controller import BadRequest, validate_feed_values
@@ -61,66 +113,19 @@ def parse_doc(data: Any) -> tuple[dict, list[str]]:
     if not isinstance(data, dict):
         raise StateUnreadable(f"top level is a JSON {type(data).__name__}, not an object")
     problems: list[str] = []
-    drains: dict[tuple, dict] = {}
-    feeds: dict[tuple, dict] = {}
-    raw_drains = data.get("drains", [])
-    if not isinstance(raw_drains, list):
-        problems.append(f"drains: must be a list, got {_show(raw_drains)}")
-        raw_drains = []
-    for n, d in enumerate(raw_drains):
-        where = f"drains[{n}]"
-        if not isinstance(d, dict):
-            problems.append(f"{where}: must be an object, got {_show(d)}")
-            continue
-        t = _target(d, where)
-        if isinstance(t, str):
-            problems.append(t)
-            continue
-        bad = []
-        for key in ("reason", "actor"):
-            if not isinstance(d.get(key, ""), str):
-                bad.append(f"{key} must be a string")
-        if d.get("cause", "operator") not in CAUSES:
-            bad.append(f"cause must be one of {', '.join(CAUSES)}")
-        if not _num(d.get("since", 0)):
-            bad.append("since must be a number")
-        if d.get("until") is not None and not _num(d.get("until")):
-            bad.append("until must be a number or null")
-        if bad:
-            problems.append(f"{where} ({t[0]}{'/' + t[1] if t[1] else ''}): {'; '.join(bad)}: {_show(d)}")
-            continue
-        if t in drains:
-            problems.append(f"{where}: a second drain of {t[0]}{'/' + t[1] if t[1] else ''}; keeping the first")
-            continue
-        drains[t] = {"region": t[0], "service": t[1], "reason": d.get("reason", ""),
-                     "actor": d.get("actor", ""), "cause": d.get("cause", "operator"),
-                     "since": float(d.get("since", 0))}
-        if d.get("until") is not None:
-            drains[t]["until"] = float(d["until"])
-    raw_feeds = data.get("feeds", [])
-    if not isinstance(raw_feeds, list):
-        problems.append(f"feeds: must be a list, got {_show(raw_feeds)}")
-        raw_feeds = []
-    for n, f in enumerate(raw_feeds):
-        where = f"feeds[{n}]"
-        if not isinstance(f, dict):
-            problems.append(f"{where}: must be an object, got {_show(f)}")
-            continue
-        t = _target(f, where)
-        if isinstance(t, str):
-            problems.append(t)
-            continue
+
+    def feed(where: str, f: dict, t: tuple, label: str) -> dict | str:
         try:
             values = validate_feed_values(f.get("values"))
         except BadRequest as e:
-            problems.append(f"{where} ({t[0]}{'/' + t[1] if t[1] else ''}): {e.message}")
-            continue
-        if t in feeds:
-            problems.append(f"{where}: a second feed entry for {t[0]}{'/' + t[1] if t[1] else ''}; keeping the first")
-            continue
-        feeds[t] = {"region": t[0], "service": t[1], "values": values}
-        _feed_until(f.get("until"), feeds[t], f"{where} ({t[0]}{'/' + t[1] if t[1] else ''})", problems)
-    return {"drains": list(drains.values()), "feeds": list(feeds.values())}, problems
+            return f"{where} ({label}): {e.message}"
+        clean = {"region": t[0], "service": t[1], "values": values}
+        _feed_until(f.get("until"), clean, f"{where} ({label})", problems)
+        return clean
+
+    drains = _section(data, "drains", problems, _drain)
+    feeds = _section(data, "feeds", problems, feed)
+    return {"drains": drains, "feeds": feeds}, problems
 
 
 def decode(raw: bytes) -> tuple[dict, list[str]]:
