@@ -302,14 +302,16 @@ HEALTH_DEFAULTABLE = frozenset(HEALTH) - {"region", "service", "address"}
 HTTP_ONLY = ("path", "host", "expect", "verify_tls")
 
 
-def check_values(fields: Mapping[str, Field], values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Check a mapping against a table: (clean values, problems naming each key)."""
+def check_values(fields: Mapping[str, Field], values: Mapping[str, Any],
+                 what: str = "key") -> tuple[dict[str, Any], list[str]]:
+    """Check a mapping against a table: (clean values, problems naming each key); ``what``
+    names a key in the unknown-key problem ("feed key")."""
     out: dict[str, Any] = {}
     problems: list[str] = []
     for key, v in values.items():
         f = fields.get(key)
         if f is None:
-            problems.append(f"unknown key {key!r} (known: {', '.join(fields)})")
+            problems.append(f"unknown {what} {key!r} (known: {', '.join(fields)})")
             continue
         clean, reason = f.coerce(v)
         if reason:

@@ -50,6 +50,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from types import MappingProxyType
 
+from filterdns.config.schema import check_values
 from filterdns.ops.store import Conflict, NotDurable, Unavailable, audit_line
 from filterdns.routing import region_state
 from filterdns.routing.inventory import (FEED_KEYS, Drain, Inventory, Status, cleared, expired, fed,
@@ -162,18 +163,7 @@ def validate_feed_values(values: Any) -> dict[str, Any]:
     fields the config's ``meta`` uses too); every problem in one ``BadRequest``."""
     if not isinstance(values, Mapping) or not values:
         raise BadRequest('"values" must be a non-empty object, e.g. {"up": true, "loadavg": 0.5}')
-    out: dict[str, Any] = {}
-    problems = []
-    for key, v in values.items():
-        fld = FEED_KEYS.get(key)
-        if fld is None:
-            problems.append(f"unknown feed key {key!r} (known: {', '.join(FEED_KEYS)})")
-            continue
-        clean, reason = fld.coerce(v)
-        if reason:
-            problems.append(reason)
-        else:
-            out[key] = clean
+    out, problems = check_values(FEED_KEYS, values, "feed key")
     if problems:
         raise BadRequest("; ".join(problems), problems=problems)
     return out
