@@ -116,7 +116,7 @@ def build_state(zones_dir: str | os.PathLike, chains_dir: str | os.PathLike,
     if store is not None:
         from filterdns.dns.dnssec import keys_dir_for, load_keys
 
-        keys = load_keys(keys_dir_for(zones_dir), store.origins(), problems)
+        keys = load_keys(keys_dir_for(zones_dir), store.origins(), problems, getattr(chains, "zones", None))
 
     if problems:
         raise ConfigError(problems)

@@ -16,6 +16,7 @@ Top-level keys of a file:
 * ``chains``: name → list of filters (``- up``, ``- select_first_n: {n: 2, disabled: false}``)
 * ``records``: owner name → {``service``, ``types``, ``ttl``, ``ecs``, ``chain``, ``fallback``,
   ``meta``}
+* ``zones``: zone name → its settings (``dnssec``; ``filterdns.config.zoneconf``)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from filterdns.model import AAAA, A
 from filterdns.config import schema, yamlloc
 from filterdns.config.yamlloc import Loc, LocDict, LocList
 
-TOP_KEYS = ("default_region", "regions", "latency", "chains", "records", "health")
+TOP_KEYS = ("default_region", "regions", "latency", "chains", "records", "health", "zones")
 REGION_KEYS = ("code", "country", "subdivision", "continent", "lat", "lon", "meta", "services")
 SERVICE_KEYS = ("v4", "v6", "meta")
 RECORD_KEYS = ("service", "types", "ttl", "ecs", "chain", "fallback", "meta")
@@ -70,6 +71,8 @@ class Chains:
     chains: Mapping[str, tuple[Step, ...]] = field(default_factory=lambda: MappingProxyType({}))
     latency_tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     health: tuple = ()  # filterdns.config.health.CheckSpec, from the top-level ``health`` section
+    #: zone name (absolute, lowercase) -> filterdns.config.zoneconf.DnssecConf, from ``zones``
+    zones: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: things that load but are likely mistakes (``filterdns check`` prints them, exit 0)
     warnings: tuple[Problem, ...] = ()
 
@@ -94,6 +97,7 @@ class _Loader:
         self.record_src: dict[str, tuple[str, LocDict, Loc]] = {}  # abs name -> (as written, body, loc)
         self.service_names: set[str] = set()  # every service named, even in a region with problems
         self.health_src: tuple[Any, Loc] | None = None
+        self.zones_src: tuple[Any, Loc] | None = None
 
     def err(self, loc: Loc, msg: str) -> None:
         self.problems.append(loc.problem(msg))
@@ -121,6 +125,12 @@ class _Loader:
                     self.err(kl, f"health already defined at {self.health_src[1]}")
                 else:
                     self.health_src = (val, vl)
+                continue
+            if key == "zones":
+                if self.zones_src is not None:
+                    self.err(kl, f"zones already defined at {self.zones_src[1]}")
+                else:
+                    self.zones_src = (val, vl)
                 continue
             if key == "default_region":
                 if not isinstance(val, str):
@@ -386,10 +396,22 @@ class _Loader:
             if rec is not None:
                 records[absn] = rec
         health = self._health(regions)
+        zones = self._zones()
         if self.problems:
             raise ConfigError(sorted(self.problems, key=lambda p: (p.file, p.line or 0, p.col or 0)))
         return Chains(regions, MappingProxyType(records), default, files, MappingProxyType(chains),
-                      bctx.latency_tables, health, self._warnings(records))
+                      bctx.latency_tables, health, MappingProxyType(zones), self._warnings(records))
+
+    def _zones(self) -> dict:
+        """The ``zones`` section: settings per served zone (``filterdns.config.zoneconf``)."""
+        if self.zones_src is None:
+            return {}
+        from filterdns.config.zoneconf import parse_zones
+
+        node, vl = self.zones_src
+        zones, problems = parse_zones(node, vl, self.origins)
+        self.problems.extend(problems)
+        return zones
 
     def _warnings(self, records: Mapping[str, DynamicRecord]) -> tuple[Problem, ...]:
         """A record whose chain reads ``up`` while a region of its service has ``up`` at no

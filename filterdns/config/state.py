@@ -33,7 +33,7 @@ class State:
     health: tuple = field(default=())  # health-check specs from the chains config, if any
     #: likely mistakes that do not stop loading (``errors.Problem`` with "warning: ..." messages)
     warnings: tuple = field(default=())
-    #: DNSSEC keys of the signed zones: lowercase wire origin -> tuple of dnssec.ZoneKey
+    #: how each signed zone is signed: lowercase wire origin -> dnssec.ZoneSigning (keys, options)
     dnssec: Mapping[bytes, Any] = field(default_factory=dict)
 
 
