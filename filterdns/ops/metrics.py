@@ -54,6 +54,13 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_fleet_instances                            instances connected (etcd store)
     filterdns_drain_since_timestamp_seconds{region,service,cause}   when each drain began
     filterdns_build_info{version,python,implementation}  always 1
+    -- DNSSEC (dns/dnssec.py; zone: "example.com.") --
+    filterdns_dnssec_do_queries_total{transport}          queries with the DO bit
+    filterdns_dnssec_signatures_total{zone}               RRSIGs computed (ECDSA signing operations)
+    filterdns_dnssec_signature_cache_hits_total{zone}     RRsets signed from the signature cache
+    filterdns_dnssec_signature_cache_misses_total{zone}   RRsets that needed new signatures
+    filterdns_dnssec_keys{zone,role,state}                keys loaded; role ksk|zsk, state active|published
+    filterdns_dnssec_dnskey_signature_expiry_seconds{zone}  until the served DNSKEY RRSIG expires
 
 Multi-worker aggregation: ``snapshot()`` returns plain, picklable data and ``merge()`` adds
 snapshots together; with ``serve --workers N`` the supervisor renders ``/metrics`` through
@@ -138,6 +145,9 @@ class Metrics:
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
             "rrl_buckets": 0, "rrl_evictions": 0,
         }
+        # -- DNSSEC: the signers count into these dicts themselves (dnssec_counts) --------------
+        self._do: dict[str, int] = {}
+        self._dnssec: dict[str, dict[str, float]] = {}  # zone -> signatures, hits, misses, dnskey_expires
 
     def bind(self, get_state: Callable[[], Any] | None, inventory: Any, store: Any = None) -> None:
         """Where scrape-time region gauges come from (config ``State``, ``Inventory`` and the
@@ -214,6 +224,21 @@ class Metrics:
     def rrl_eviction(self) -> None:
         self._scalars["rrl_evictions"] += 1
 
+    # -- DNSSEC ----------------------------------------------------------------------------------
+    def do_query(self, transport: str) -> None:
+        """A query with the DO bit (RFC 3225)."""
+        d = self._do
+        d[transport] = d.get(transport, 0) + 1
+
+    def dnssec_counts(self, zone: str) -> dict:
+        """The counters a zone's signer adds to (``signatures``, ``hits``, ``misses``) and where it
+        notes when the DNSKEY RRSIG it serves expires (``dnskey_expires``, Unix time); one dict
+        per zone, kept across reloads so the counters only grow."""
+        c = self._dnssec.get(zone)
+        if c is None:
+            c = self._dnssec[zone] = {"signatures": 0, "hits": 0, "misses": 0, "dnskey_expires": 0}
+        return c
+
     # -- operations (control, reload, health, drainer) ------------------------------------------
     def reload_result(self, ok: bool, generation: int, when: float) -> None:
         """A reload attempt; on success the generation and time become current."""
@@ -253,6 +278,8 @@ class Metrics:
             "tcp_closed": dict(self._tcp_closed),
             "rrl": dict(self._rrl),
             "scalars": dict(self._scalars),
+            "do": dict(self._do),
+            "dnssec": {(z, k): v for z, c in self._dnssec.items() for k, v in c.items()},
         }
 
     def render(self) -> bytes:
@@ -282,6 +309,9 @@ def merge(snapshots: Iterable[dict]) -> dict:
                     acc[k] = list(v) if cur is None else [a + b for a, b in zip(cur, v, strict=True)]
                 elif name == "scalars" and k in _MAX_SCALARS:
                     acc[k] = max(acc.get(k, 0), v)
+                elif name == "dnssec" and k[1] == "dnskey_expires":
+                    # the soonest expiry any worker serves (0: none signed yet)
+                    acc[k] = min(acc[k], v) if acc.get(k) and v else (v or acc.get(k, 0))
                 else:
                     acc[k] = acc.get(k, 0) + v
     return out
@@ -377,6 +407,41 @@ class _Collector(Collector):
 
         yield from self._region_families()
         yield from self._store_families()
+        yield from self._dnssec_families(s)
+
+    def _dnssec_families(self, s: dict):
+        import time
+
+        yield _counter("filterdns_dnssec_do_queries", "Queries with the DNSSEC OK (DO) bit.", ["transport"],
+                       s.get("do", {}))
+        d = s.get("dnssec", {})
+        for key, name, doc in (
+            ("signatures", "filterdns_dnssec_signatures", "RRSIGs computed (signing operations), by zone."),
+            ("hits", "filterdns_dnssec_signature_cache_hits", "RRsets whose RRSIGs came from the signature cache."),
+            ("misses", "filterdns_dnssec_signature_cache_misses", "RRsets that needed new RRSIGs."),
+        ):
+            yield _counter(name, doc, ["zone"], {z: v for (z, k), v in d.items() if k == key})
+        now = time.time()
+        exp = GaugeMetricFamily("filterdns_dnssec_dnskey_signature_expiry_seconds",
+                                "Seconds until the RRSIG of the DNSKEY RRset being served expires, by zone.",
+                                labels=["zone"])
+        for (z, k), v in sorted(d.items()):
+            if k == "dnskey_expires" and v:
+                exp.add_metric([z], v - now)
+        yield exp
+        state, _ = self._m._regions()
+        keys = GaugeMetricFamily("filterdns_dnssec_keys", "DNSSEC keys loaded, by zone, role and state.",
+                                 labels=["zone", "role", "state"])
+        from filterdns.dns.wire import name_to_text
+
+        for origin, zkeys in sorted((getattr(state, "dnssec", None) or {}).items()):
+            counts: dict = {}
+            for k in getattr(zkeys, "keys", zkeys):
+                st = "active" if k.active else "published" if k.published else "inactive"
+                _add(counts, ("ksk" if k.sep else "zsk", st))
+            for (role, st), n in sorted(counts.items()):
+                keys.add_metric([name_to_text(origin), role, st], n)
+        yield keys
 
     def _store_families(self):
         store = self._m._store
