@@ -3,6 +3,7 @@
 #   - Python packages: the project and its [test] extra (pytest, hypothesis, ruff) in .venv
 #   - dig (Debian's dnsutils) when missing: the end-to-end tests drive the server with it
 #   - delv (bind9-dnsutils) and unbound when missing: the DNSSEC tests validate with them
+#   - dnssec-verify (bind9-utils) when missing: it checks the signed zone's export
 #   - etcd (Debian's etcd-server) when missing: the fleet tests start a 3-member cluster
 #   - ruff check (rules and complexity limit in pyproject.toml) before pytest: a lint error fails
 # Extra arguments go to pytest (e.g. tests/run.sh -k wire; tests/run.sh -m unit, the quick loop
@@ -21,6 +22,14 @@ if ! command -v delv >/dev/null 2>&1 || { ! command -v unbound >/dev/null 2>&1 &
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     -o DPkg::Lock::Timeout=600 bind9-dnsutils unbound >/dev/null
+fi
+
+# dnssec-verify (bind9-utils) checks the signed zone that `filterdns dnssec export` prints
+if ! command -v dnssec-verify >/dev/null 2>&1; then
+  echo "tests/run.sh: installing dnssec-verify (bind9-utils)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq bind9-utils >/dev/null
 fi
 
 # Debian packages the deploy kit's tests run (deploy/): prometheus (prometheus, promtool),

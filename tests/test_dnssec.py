@@ -345,3 +345,182 @@ def test_referrals_without_do_are_unchanged(keys, monkeypatch, tmp_path):
         m = dns.message.from_wire(a)
         assert not [s for s in m.authority if s.rdtype in (dns.rdatatype.DS, dns.rdatatype.RRSIG,
                                                           dns.rdatatype.NSEC)]
+
+
+# ------------------------------------------------------------------- the fast path is a cache
+
+
+def _blank_signatures(m):
+    """The message with each RRSIG's times and signature replaced (ECDSA signatures are
+    randomised, expirations jittered): flags, rcode, options (ECS scope) and the sections, whose
+    RRsets compare as sets (a shuffling chain orders them at random)."""
+    for section in (m.answer, m.authority, m.additional):
+        for rrset in section:
+            if rrset.rdtype == dns.rdatatype.RRSIG:
+                rds = [rd.replace(expiration=0, inception=0, signature=b"\0") for rd in rrset]
+                rrset.clear()
+                for rd in rds:
+                    rrset.add(rd)
+    return m.flags, m.rcode(), m.ednsflags, m.options, m.answer, m.authority, m.additional
+
+
+@pytest.mark.parametrize("name,rdtype,subnet", [
+    ("wss-primary.example.com.", "A", "81.2.69.0/24"), ("wss-primary.example.com.", "AAAA", "133.242.0.0/24"),
+    ("api.example.com.", "AAAA", "8.8.8.0/24"), ("api.example.com.", "A", None),
+    ("wss-primary.example.com.", "TXT", None), ("www.example.com.", "A", "2a02:c7f::/48"),
+])
+def test_signed_fast_path_answers_as_the_core_does(keys, monkeypatch, name, rdtype, subnet):
+    from filterdns.dns.responder import Responder
+
+    fast = _responder(keys, monkeypatch)
+    slow = Responder(fast.holder, fast.inventory, rng=random.Random(7), cache=False)
+    keyring = dnskeys(fast)
+    for _ in range(3):  # cold, then from the route and signed-body caches
+        a, _ = ask(fast, name, rdtype, subnet=subnet)
+        b, _ = ask(slow, name, rdtype, subnet=subnet)
+        assert validate_section(a.answer, keyring) == validate_section(b.answer, keyring)
+        assert _blank_signatures(a) == _blank_signatures(b)
+
+
+# --------------------------------------------------------------------------- zones: dnssec
+
+
+ZONES_CONFIG = [
+    ("sign-bad-type", "zones:\n  example.com:\n    dnssec: yes-please\n",
+     "c.yaml:3:13: zones example.com, dnssec: must be true, false or a mapping of options"),
+    ("unknown-zone", "zones:\n  example.org:\n    dnssec: true\n",
+     "c.yaml:2:3: zones example.org: not a served zone"),
+    ("unknown-key", "zones:\n  example.com:\n    dnsec: true\n",
+     "c.yaml:3:5: zones example.com: unknown key 'dnsec'; expected one of dnssec"),
+    ("unknown-option", "zones:\n  example.com:\n    dnssec: {keys: k, lifetime: 9}\n",
+     "c.yaml:3:23: zones example.com, dnssec: unknown key 'lifetime'"),
+    ("validity-range", "zones:\n  example.com:\n    dnssec:\n      validity: 60\n",
+     "c.yaml:4:17: zones example.com, dnssec: validity must be an integer in 86400..7.776e+06, got 60"),
+    ("ttl-type", "zones:\n  example.com:\n    dnssec: {dnskey_ttl: 1h}\n",
+     "c.yaml:3:26: zones example.com, dnssec: dnskey_ttl must be an integer in 60..86400, got '1h'"),
+    ("not-a-mapping", "zones: [example.com]\n", "c.yaml:1:8: zones must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("text,expect", [(t, e) for _, t, e in ZONES_CONFIG], ids=[i for i, _, _ in ZONES_CONFIG])
+def test_zones_config_errors_say_where(tmp_path, monkeypatch, text, expect):
+    from filterdns.config.chains import load_chains
+    from filterdns.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_chains(".", ["example.com."])
+    assert expect in str(e.value), str(e.value)
+
+
+def _config_dir(tmp_path, zones_yaml: str):
+    import shutil
+
+    chains = tmp_path / "chains"
+    shutil.copytree(ROOT / "chains", chains, dirs_exist_ok=True)
+    (chains / "zones.yaml").write_text(zones_yaml)
+    return chains
+
+
+def _build(tmp_path, monkeypatch, zones_yaml, keys_env):
+    from filterdns.config.build import build_state
+
+    monkeypatch.setenv("FILTERDNS_KEYS", str(keys_env))
+    return build_state(ROOT / "zones", _config_dir(tmp_path, zones_yaml))
+
+
+def test_dnssec_true_without_keys_is_an_error_at_the_key(tmp_path, monkeypatch):
+    from filterdns.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        _build(tmp_path, monkeypatch, "zones:\n  example.com:\n    dnssec: true\n", tmp_path / "none")
+    msg = str(e.value)
+    assert "chains/zones.yaml:3:5: zone example.com. is to be signed (dnssec)" in msg, msg
+    assert "filterdns dnssec keygen example.com" in msg
+
+
+def test_dnssec_false_leaves_a_zone_with_keys_unsigned(tmp_path, monkeypatch, keys):
+    state = _build(tmp_path, monkeypatch, "zones:\n  example.com:\n    dnssec: false\n", keys)
+    assert not state.dnssec
+    state = _build(tmp_path, monkeypatch, "zones: {}\n", keys)  # not named: the key directory decides
+    assert state.dnssec
+
+
+def test_dnssec_options_key_directory_validity_and_dnskey_ttl(tmp_path, monkeypatch, keys):
+    from filterdns.config.state import StateHolder
+    from filterdns.dns import dnssec
+    from filterdns.dns.responder import Responder
+    from filterdns.routing.inventory import Inventory
+
+    own = tmp_path / "own-keys"
+    k = dnssec.keygen(tmp_path / "gen", "example.com")
+    own.mkdir()
+    for f in (k.file, k.file[:-4] + ".private"):
+        (own / f.rsplit("/", 1)[1]).write_bytes(open(f, "rb").read())
+    state = _build(tmp_path, monkeypatch, "zones:\n  example.com:\n    dnssec:\n"
+                   "      keys: ../own-keys\n      validity: 172800\n      dnskey_ttl: 600\n",
+                   tmp_path / "no-default-keys")
+    (signing,) = state.dnssec.values()
+    assert [x.tag for x in signing.keys] == [k.tag] and signing.directory == str(own)
+    r = Responder(StateHolder(state), Inventory(), rng=random.Random(1))
+    m, _ = ask(r, "example.com.", "DNSKEY")
+    assert m.answer[0].ttl == 600
+    m, _ = ask(r, "wss-primary.example.com.", "A", subnet="81.2.69.0/24")
+    sig = [s for s in m.answer if s.rdtype == dns.rdatatype.RRSIG][0][0]
+    assert sig.key_tag == k.tag
+    assert 172800 * 0.9 - 3700 <= sig.expiration - sig.inception - 3600 <= 172800
+
+
+# ------------------------------------------------------------------------------- metrics
+
+
+def test_dnssec_metrics(keys, monkeypatch):
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from filterdns.config.build import build_state
+    from filterdns.config.state import StateHolder
+    from filterdns.dns.responder import Responder
+    from filterdns.ops.metrics import Metrics
+    from filterdns.routing.inventory import Inventory
+
+    monkeypatch.setenv("FILTERDNS_KEYS", str(keys))
+    state = build_state(ROOT / "zones", ROOT / "chains")
+    m = Metrics()
+    m.bind(lambda: state, Inventory())
+    r = Responder(StateHolder(state), Inventory(), m, rng=random.Random(7))
+    ask(r, "example.com.", "DNSKEY")
+    for subnet in ("81.2.69.0/24", "81.2.69.0/24", "133.242.0.0/24"):
+        ask(r, "wss-primary.example.com.", "A", subnet=subnet)
+    ask(r, "example.com.", "SOA", do=False)
+
+    def values():
+        out = {}
+        for fam in text_string_to_metric_families(m.render().decode()):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    v = values()
+    z = (("zone", "example.com."),)
+    assert v[("filterdns_dnssec_do_queries_total", (("transport", "udp"),))] == 4
+    made = v[("filterdns_dnssec_signatures_total", z)]
+    misses = v[("filterdns_dnssec_signature_cache_misses_total", z)]
+    hits = v[("filterdns_dnssec_signature_cache_hits_total", z)]
+    assert made == misses >= 2 and hits >= 1  # DNSKEY and one routed RRset at least; a repeat hits
+    assert v[("filterdns_dnssec_keys", (("role", "ksk"), ("state", "active"), ("zone", "example.com.")))] == 1
+    left = v[("filterdns_dnssec_dnskey_signature_expiry_seconds", z)]
+    assert 0.9 * 7 * 86400 - 60 <= left <= 7 * 86400
+    ask(r, "wss-primary.example.com.", "A", subnet="81.2.69.0/24")
+    assert values()[("filterdns_dnssec_signatures_total", z)] == made  # from the cache
+    # the workers' snapshots add up; the soonest DNSKEY expiry wins
+    from filterdns.ops.metrics import merge
+
+    a, b = m.snapshot(), m.snapshot()
+    b["dnssec"][("example.com.", "dnskey_expires")] = time.time() + 100
+    merged = merge([a, b])
+    assert merged["dnssec"][("example.com.", "signatures")] == 2 * made
+    assert merged["dnssec"][("example.com.", "dnskey_expires")] == b["dnssec"][("example.com.", "dnskey_expires")]

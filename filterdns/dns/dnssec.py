@@ -1,7 +1,9 @@
 """DNSSEC online signing (RFC 4033-4035, 6840, 6605 ECDSA P-256, 9824 compact denial).
 
 Opt-in per zone: a zone is signed when its key directory ``<keys>/<zone>/`` holds keys
-(``<keys>`` is ``$FILTERDNS_KEYS``, else ``<zones dir>/keys``). Keys are BIND-format file pairs
+(``<keys>`` is ``$FILTERDNS_KEYS``, else ``<zones dir>/keys``), or when the chains config says
+so (``zones: {example.com: {dnssec: ...}}``, ``filterdns.config.zoneconf``: ``true`` requires
+keys, ``false`` never signs, a mapping names the key directory, validity and DNSKEY TTL). Keys are BIND-format file pairs
 ``K<zone>.+013+<tag>.key`` / ``.private`` - what ``dnssec-keygen -a ECDSAP256SHA256`` writes and
 what ``filterdns dnssec keygen`` writes, so existing keys are imported by copying them there.
 Timing fields of the ``.private`` file (``Publish``, ``Activate``, ``Inactive``, ``Delete``,
@@ -164,9 +166,12 @@ def keys_dir_for(zones_dir) -> str:
     return os.environ.get("FILTERDNS_KEYS") or os.path.join(str(zones_dir), "keys")
 
 
-def zone_keys(keys_dir, zone: str) -> list[ZoneKey]:
+def zone_keys(keys_dir, zone: str, conf=None) -> list[ZoneKey]:
     """Every key of ``zone`` in its directory (raises ValueError naming the bad file)."""
-    d = Path(keys_dir) / _zone_text(zone).rstrip(".")
+    return _keys_in(zone_key_dir(keys_dir, zone, conf))
+
+
+def _keys_in(d: Path) -> list[ZoneKey]:
     if not d.is_dir():
         return []
     out = []
@@ -178,37 +183,74 @@ def zone_keys(keys_dir, zone: str) -> list[ZoneKey]:
     return out
 
 
-def load_keys(keys_dir, origins, problems: list[Problem]) -> dict[bytes, tuple[ZoneKey, ...]]:
-    """The keys of every served zone that has a key directory (lowercase wire origin -> keys)."""
+@dataclass(frozen=True, slots=True)
+class ZoneSigning:
+    """How one zone is signed: its keys (as loaded) and the options of its ``dnssec:`` config."""
+
+    keys: tuple[ZoneKey, ...]
+    validity: int = VALIDITY
+    dnskey_ttl: int = DNSKEY_TTL
+    directory: str = ""
+
+
+def zone_key_dir(keys_dir, zone: str, conf=None) -> Path:
+    """The key directory of ``zone``: ``dnssec.keys`` of its config, else ``<keys>/<zone>``."""
+    if conf is not None and getattr(conf, "keys", None):
+        return Path(conf.keys)
+    return Path(keys_dir) / _zone_text(zone).rstrip(".")
+
+
+def load_keys(keys_dir, origins, problems: list[Problem], zones_conf=None) -> dict[bytes, ZoneSigning]:
+    """How every signed zone is signed (lowercase wire origin -> ZoneSigning): the zones whose
+    key directory holds keys, unless their config says ``dnssec: false``; a zone whose config
+    asks for signing must have an active KSK/CSK (the problem is at its ``dnssec`` key)."""
     out = {}
     for origin in origins:
-        try:
-            keys = zone_keys(keys_dir, origin)
-        except ValueError as e:
-            problems.append(Problem(str(keys_dir), None, None, f"DNSSEC keys of {origin}: {e}"))
+        conf = (zones_conf or {}).get(_zone_text(origin))
+        if conf is not None and not conf.sign:
             continue
-        if not keys:
+        d = zone_key_dir(keys_dir, origin, conf)
+        where = conf.where if conf is not None else ""
+        try:
+            keys = _keys_in(d)
+        except ValueError as e:
+            problems.append(_problem(where, str(d), f"DNSSEC keys of {origin}: {e}"))
+            continue
+        if not keys and conf is None:
             continue
         if not any(k.active and k.sep for k in keys):
-            problems.append(Problem(str(Path(keys_dir) / origin.rstrip(".")), None, None,
-                                    f"zone {origin} has DNSSEC keys but no active KSK/CSK (flags 257): "
-                                    "run `filterdns dnssec activate` or `keygen`"))
+            have = "has DNSSEC keys but" if keys else f"is to be signed (dnssec) but {d} has"
+            problems.append(_problem(where, str(d),
+                                     f"zone {origin} {have} no active KSK/CSK (flags 257): "
+                                     f"run `filterdns dnssec keygen {origin.rstrip('.')}` or `activate`"))
             continue
-        out[_wire(origin)] = tuple(keys)
+        if conf is not None:
+            out[_wire(origin)] = ZoneSigning(tuple(keys), conf.validity, conf.dnskey_ttl, str(d))
+        else:
+            out[_wire(origin)] = ZoneSigning(tuple(keys), directory=str(d))
     return out
+
+
+def _problem(where: str, fallback: str, message: str) -> Problem:
+    """At ``file:line:col`` of the zone's ``dnssec`` key when there is one, else at the directory."""
+    if where:
+        file, line, col = where.rsplit(":", 2)
+        return Problem(file, int(line), int(col), message)
+    return Problem(fallback, None, None, message)
 
 
 def _fmt_time(t: float) -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime(t))
 
 
-def keygen(keys_dir, zone: str, flags: int = 257, active: bool = True) -> ZoneKey:
+def keygen(keys_dir, zone: str, flags: int = 257, active: bool = True, directory=None) -> ZoneKey:
     """Make an ECDSA P-256 key pair and write it in BIND format (.key world-readable,
-    .private 0600). ``active`` False: published only (the first step of a pre-publish roll)."""
+    .private 0600) in ``directory``, else ``<keys_dir>/<zone>``. ``active`` False: published
+    only (the first step of a pre-publish roll)."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
     zt = _zone_text(zone)
-    d = Path(keys_dir) / zt.rstrip(".")
+    d = Path(directory) if directory else Path(keys_dir) / zt.rstrip(".")
     d.mkdir(parents=True, exist_ok=True)
     priv = ec.generate_private_key(ec.SECP256R1())
     nums = priv.public_key().public_numbers()
@@ -284,17 +326,26 @@ def type_bitmap(types) -> bytes:
 
 
 class Signer:
-    """Signs RRsets of one zone with its active keys; caches signatures (bounded LRU)."""
+    """Signs RRsets of one zone with its active keys; caches signatures (bounded LRU) and the
+    rendered signed answer records of routed answers (``sign_body``).
 
-    def __init__(self, origin_lower: bytes, keys: tuple[ZoneKey, ...], neg_ttl: int,
-                 rng: random.Random | None = None, validity: int = VALIDITY, cache_max: int = CACHE_MAX):
+    ``counts`` is where it counts (``signatures`` made, signature cache ``hits`` and ``misses``
+    per RRset) and notes when the DNSKEY RRSIG it serves expires (``dnskey_expires``): the
+    metrics' dict for the zone (``Metrics.dnssec_counts``), else its own."""
+
+    def __init__(self, origin_lower: bytes, signing, neg_ttl: int,
+                 rng: random.Random | None = None, cache_max: int = CACHE_MAX, counts: dict | None = None):
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+        if not isinstance(signing, ZoneSigning):
+            signing = ZoneSigning(tuple(signing))
+        keys = signing.keys
         self.origin = origin_lower
         self.neg_ttl = neg_ttl
-        self.validity = validity
+        self.validity = signing.validity
+        self.dnskey_ttl = signing.dnskey_ttl
         self.rng = rng or random.Random()
         self._ecdsa = ec.ECDSA(hashes.SHA256())
         self._decode = decode_dss_signature
@@ -305,8 +356,21 @@ class Signer:
         self.zsk = [mk(k) for k in zsk]
         self.dnskey = tuple(sorted(k.rdata for k in keys if k.published))
         self.cache: OrderedDict = OrderedDict()
+        self.bodies: dict = {}
         self.cache_max = cache_max
-        self.hits = self.misses = 0
+        if counts is None or not isinstance(counts, dict):
+            counts = {}
+        for k in ("signatures", "hits", "misses", "dnskey_expires"):
+            counts.setdefault(k, 0)
+        self.counts = counts
+
+    @property
+    def hits(self) -> int:
+        return self.counts["hits"]
+
+    @property
+    def misses(self) -> int:
+        return self.counts["misses"]
 
     def _sign_one(self, priv, tag: int, owner: bytes, rtype: int, ttl: int, rdatas, now: float) -> bytes:
         inception = int(now) - SKEW
@@ -322,18 +386,47 @@ class Signer:
         """RRSIG rdatas for one RRset (owner lowercase wire; rdatas canonical bytes)."""
         rds = tuple(sorted(set(rdatas)))
         key = (owner, rtype, ttl, rds)
+        c = self.counts
         hit = self.cache.get(key)
         if hit is not None and hit[0] > now:
-            self.hits += 1
+            c["hits"] += 1
             self.cache.move_to_end(key)
             return hit[1]
-        self.misses += 1
+        c["misses"] += 1
         keys = self.ksk if rtype == DNSKEY else self.zsk
         sigs = [self._sign_one(priv, tag, owner, rtype, ttl, rds, now) for tag, priv in keys]
+        c["signatures"] += len(sigs)
+        if rtype == DNSKEY and sigs:
+            c["dnskey_expires"] = min(struct.unpack_from("!I", sg, 8)[0] for sg in sigs)
         self.cache[key] = (now + self.validity // 4, sigs)
         if len(self.cache) > self.cache_max:
             self.cache.popitem(last=False)
         return sigs
+
+    def sign_body(self, owner: bytes, rtype: int, ttl: int, body: bytes, n: int,
+                  now: float) -> tuple[int, bytes]:
+        """The answer records ``body`` (``n`` records of one RRset at the query name, rendered
+        with the owner as a pointer to the question and uncompressed data, as A/AAAA are) followed by their RRSIG records: (count,
+        bytes). Kept per (owner, body) until the signatures are due to be re-made, so a routed
+        answer chosen before costs neither a signature nor an encoding."""
+        key = (owner, body)
+        hit = self.bodies.get(key)
+        if hit is not None and hit[0] > now:
+            self.counts["hits"] += 1
+            return hit[1], hit[2]
+        rdatas = []
+        i = 0
+        while i < len(body):  # each record: pointer, type, class, TTL, length, data
+            ln = body[i + 10] << 8 | body[i + 11]
+            rdatas.append(body[i + 12:i + 12 + ln])
+            i += 12 + ln
+        sigs = self.sign(owner, rtype, ttl, rdatas, now)
+        fix = _RRFIX.pack
+        out = body + b"".join(b"\xc0\x0c" + fix(RRSIG, 1, ttl, len(sg)) + sg for sg in sigs)
+        if len(self.bodies) >= self.cache_max:
+            self.bodies.clear()
+        self.bodies[key] = (now + self.validity // 4, n + len(sigs), out)
+        return n + len(sigs), out
 
 
 def _group(records, qname_lower: bytes):
@@ -410,7 +503,7 @@ def dnskey_decision(zone, signer: Signer, do: bool, now: float):
     """The DNSKEY RRset at the apex (signed by the KSKs when DO=1)."""
     from filterdns.dns.core import Decision
 
-    answer = [(None, DNSKEY, 1, DNSKEY_TTL, rd) for rd in signer.dnskey]
+    answer = [(None, DNSKEY, 1, signer.dnskey_ttl, rd) for rd in signer.dnskey]
     if do:
         answer = _signed(_group(answer, zone.origin.lower), signer, now)
     return Decision(NOERROR, True, answer)

@@ -74,6 +74,7 @@ class Responder:
         self.cache_gen = -1
         self.signed: dict = {}
         self.signers: dict = {}  # lowercase wire origin -> dnssec.Signer (signed zones)
+        self.dyn_signers: dict = {}  # lowercase wire name of a fast dynamic record -> its zone's Signer
         self._logged: set[str] = set()
         self.rrl = None  # an rrl.Rrl for UDP responses, or None
 
@@ -109,6 +110,8 @@ class Responder:
             rcode = SERVFAIL
         if tc:
             m.truncated()
+        if q.do:
+            m.do_query(transport)
         m.query(transport, q.qtype, rcode, q.ecs is not None, _perf() - t0)
         return msg
 
@@ -144,6 +147,7 @@ class Responder:
                     self.metrics.answer(dyn.name, regions)
                     if removed:
                         self.metrics.filter_removed(removed)
+                    n, body = self._sign_dynamic(q, dyn, n, body) if q.do else (n, body)
                     msg, tc = wire.render(q, 0, True, n, 0, 0, body, scope, limit)
                     return msg, 0, tc
                 who = client_of(q, src) if dyn.ecs else source_client(src)
@@ -168,7 +172,9 @@ class Responder:
                         if len(self.routes) >= ROUTES_MAX:
                             self.routes.clear()
                         self.routes[rkey] = (status, len(addrs), body, scope, res.regions, res.removed)
-                    msg, tc = wire.render(q, 0, True, len(addrs), 0, 0, body, scope, limit)
+                    n = len(addrs)
+                    n, body = self._sign_dynamic(q, dyn, n, body) if q.do else (n, body)
+                    msg, tc = wire.render(q, 0, True, n, 0, 0, body, scope, limit)
                     return msg, 0, tc
             key = (q.qname_lower, q.qtype, q.qclass)
             hit = self.cache.get(key)
@@ -203,10 +209,23 @@ class Responder:
             if res.removed:
                 self.metrics.filter_removed(res.removed)
 
+    def _fast_signed(self, q) -> bool:
+        """True when the fast dynamic path answers this DO=1 query (and signs it)."""
+        dyn = self.fast_dynamic.get(q.qname_lower) if q.qname_lower in self.dyn_signers else None
+        return dyn is not None and q.qclass == 1 and q.qtype in dyn.types
+
+    def _sign_dynamic(self, q, dyn, n: int, body: bytes) -> tuple[int, bytes]:
+        """A routed answer's records followed by their RRSIGs (dnssec.Signer.sign_body), when
+        its zone is signed."""
+        signer = self.dyn_signers.get(q.qname_lower)
+        if signer is None:
+            return n, body
+        return signer.sign_body(q.qname_lower, q.qtype, dyn.ttl, body, n, dnssec.now())
+
     def _answer_signed(self, q, src, limit: int, state) -> tuple[bytes, int, bool] | None:
         """A query to a signed zone with DO=1 (or for its DNSKEY): the one decision, signed.
         None when the name is in no signed zone or the query wants no signature."""
-        if not q.do and q.qtype != dnssec.DNSKEY:
+        if not q.do and q.qtype != dnssec.DNSKEY or self._fast_signed(q):
             return None
         zone = state.zones.find(q.qname_lower)
         signer = self.signers.get(zone.origin.lower) if zone is not None else None
@@ -266,11 +285,15 @@ class Responder:
         self.fast_dynamic = fast
         self.cache_gen = state.generation
         signers = {}
-        for origin, keys in getattr(state, "dnssec", {}).items():
+        for origin, signing in getattr(state, "dnssec", {}).items():
             zone = state.zones.zones.get(origin)
             if zone is not None:
-                signers[origin] = dnssec.Signer(origin, keys, zone.neg_ttl)
+                signers[origin] = dnssec.Signer(origin, signing, zone.neg_ttl,
+                                                counts=self.metrics.dnssec_counts(wire.name_to_text(origin)))
         self.signers = signers
+        # routed names of signed zones: their DO=1 answers are the fast path's, signed
+        self.dyn_signers = {k: signers[state.zones.find(k).origin.lower] for k in fast
+                            if state.zones.find(k).origin.lower in signers} if self.use_cache else {}
 
     def _log_once(self, where: str) -> None:
         """Log an unexpected exception with its traceback once per kind, then only count it."""

@@ -1,6 +1,8 @@
 """`filterdns dnssec`: keys of a signed zone (keygen, import, list, ds, activate, deactivate,
-remove). Keys are files in ``<keys>/<zone>/`` (see filterdns/dns/dnssec.py); a running server
-uses a change after `filterdns reload` (or its file watcher)."""
+remove) and ``export`` of the signed zone for ``dnssec-verify``. Keys are files in the zone's key
+directory: ``dnssec.keys`` of its ``zones:`` config (chains/), else ``<keys>/<zone>/`` (see
+filterdns/dns/dnssec.py); a running server uses a change after `filterdns reload` (or its file
+watcher)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ def add_parser(sub) -> None:
     s.add_argument("--zones", default=os.environ.get("FILTERDNS_ZONES", "zones"), metavar="DIR",
                    help="zones directory (default: %(default)s); keys live in <zones>/keys unless --keys")
     s.add_argument("--keys", default=None, metavar="DIR",
-                   help="key directory (default: $FILTERDNS_KEYS, else <zones>/keys)")
+                   help="directory of the zones' key directories (default: $FILTERDNS_KEYS, else <zones>/keys); "
+                        "a zone whose config (zones: {ZONE: {dnssec: {keys: DIR}}}) names its own uses that")
+    s.add_argument("--chains", default=os.environ.get("FILTERDNS_CHAINS"), metavar="DIR",
+                   help="chains directory, for the zones: section (default: $FILTERDNS_CHAINS, else chains/ "
+                        "beside the zones directory)")
     ss = s.add_subparsers(dest="dnssec_command", metavar="ACTION", required=True)
     g = ss.add_parser("keygen", help="make a key: a CSK (default), --ksk or --zsk")
     g.add_argument("zone")
@@ -30,7 +36,9 @@ def add_parser(sub) -> None:
     i = ss.add_parser("import", help="copy a BIND key pair (K<zone>.+013+<tag>.key/.private) into the key directory")
     i.add_argument("zone")
     i.add_argument("keyfile", help="the .key file; the .private beside it is copied too")
-    for name, hlp in (("list", "list the keys and their state"), ("ds", "print the DS records for the parent")):
+    for name, hlp in (("list", "list the keys and their state"), ("ds", "print the DS records for the parent"),
+                      ("export", "print the signed zone as the server answers it, with an NSEC chain, "
+                                 "for dnssec-verify (`dnssec-verify -o ZONE FILE`)")):
         p = ss.add_parser(name, help=hlp)
         p.add_argument("zone")
     for name, hlp in (("activate", "start signing with a key (it is published too)"),
@@ -49,16 +57,38 @@ def _find(keys, tag: int):
     raise ValueError(f"no key with tag {tag}")
 
 
-def main(args) -> int:
+def _chains_dir(args) -> str:
+    return args.chains or os.path.join(os.path.dirname(os.path.abspath(args.zones)), "chains")
+
+
+def _zone_conf(args, zone: str):
+    """The zone's ``dnssec`` config from chains/ (None when it has none or none can be read)."""
+    from filterdns.config.chains import load_chains
+    from filterdns.errors import ConfigError
+
+    d = _chains_dir(args)
+    if not os.path.isdir(d):
+        return None
+    try:
+        return load_chains(d, [zone]).zones.get(zone)
+    except ConfigError:
+        return None  # `filterdns check` says what is wrong; the keys are still managed here
+
+
+def main(args) -> int:  # noqa: C901 - one branch per action
     from filterdns.dns import dnssec
 
     keys_dir = args.keys or dnssec.keys_dir_for(args.zones)
     zone = args.zone.rstrip(".").lower() + "."
     cmd = args.dnssec_command
+    conf = _zone_conf(args, zone)
+    own = conf.keys if conf is not None and conf.keys else None
     try:
+        if cmd == "export":
+            return _export(args, zone)
         if cmd == "keygen":
             flags = 256 if args.zsk else 257
-            k = dnssec.keygen(keys_dir, zone, flags, active=not args.publish_only)
+            k = dnssec.keygen(keys_dir, zone, flags, active=not args.publish_only, directory=own)
             print(f"{k.file}: {'ZSK' if flags == 256 else ('KSK' if args.ksk else 'CSK')} tag {k.tag}"
                   f"{' (published, not signing)' if args.publish_only else ''}")
             if flags == 257:
@@ -67,16 +97,17 @@ def main(args) -> int:
         if cmd == "import":
             src = args.keyfile
             k = dnssec.read_key(src)
-            d = Path(keys_dir) / zone.rstrip(".")
+            d = dnssec.zone_key_dir(keys_dir, zone, conf)
             d.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, d / Path(src).name)
             shutil.copy2(src[:-4] + ".private", d / (Path(src).name[:-4] + ".private"))
             os.chmod(d / (Path(src).name[:-4] + ".private"), 0o600)
             print(f"imported key tag {k.tag} (flags {k.flags}) into {d}")
             return 0
-        keys = dnssec.zone_keys(keys_dir, zone)
+        keys = dnssec.zone_keys(keys_dir, zone, conf)
         if not keys:
-            print(f"filterdns dnssec: zone {zone} has no keys in {keys_dir}", file=sys.stderr)
+            print(f"filterdns dnssec: zone {zone} has no keys in {dnssec.zone_key_dir(keys_dir, zone, conf)}",
+                  file=sys.stderr)
             return 1
         if cmd == "list":
             for k in keys:
@@ -112,3 +143,105 @@ def main(args) -> int:
     except (ValueError, OSError) as e:
         print(f"filterdns dnssec {cmd}: {e}", file=sys.stderr)
         return 1
+
+
+def _export(args, zone: str) -> int:
+    from filterdns.config.build import build_state
+    from filterdns.errors import ConfigError
+
+    if args.keys:
+        os.environ["FILTERDNS_KEYS"] = args.keys
+    try:
+        state = build_state(args.zones, _chains_dir(args))
+    except ConfigError as e:
+        print(f"filterdns dnssec export: the config does not load:\n{e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(export_zone(state, zone))
+    return 0
+
+
+def export_zone(state, zone_name: str, now: float | None = None) -> str:
+    """The signed zone as text, the way a presigned zone would hold it, for ``dnssec-verify``.
+
+    Every RRset is what the server answers to a DO=1 query for it (asked through the
+    Responder, the one query path): each static RRset with its RRSIGs, one answer of each
+    dynamic record (for a client with no location: the unknown-client answer), the DNSKEY
+    RRset, the NS (unsigned) and DS (signed) of each delegation and its glue. Added only here:
+    an NSEC chain over the names, signed by the same signer, because a verifier checks one;
+    the server itself denies compactly (RFC 9824) and never serves that chain."""
+    import dns.message
+    import dns.name
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.rrset
+
+    from filterdns.config.state import StateHolder
+    from filterdns.dns import dnssec
+    from filterdns.dns.core import _find_cut
+    from filterdns.dns.responder import Responder
+    from filterdns.dns.wire import name_to_text, text_to_wire
+    from filterdns.routing.inventory import Inventory
+
+    origin = text_to_wire(zone_name.rstrip(".") + ".").lower()
+    zone = state.zones.zones.get(origin)
+    if zone is None:
+        raise ValueError(f"zone {name_to_text(origin)} is not served (no zone file)")
+    if origin not in state.dnssec:
+        raise ValueError(f"zone {name_to_text(origin)} is not signed (no active keys)")
+    r = Responder(StateHolder(state), Inventory())
+    now = dnssec.now() if now is None else now
+
+    def ask(name: bytes, rdtype: int):
+        q = dns.message.make_query(dns.name.from_wire(name, 0)[0], rdtype, want_dnssec=True, payload=4096)
+        return dns.message.from_wire(r.respond(q.to_wire(), ("127.0.0.1", 53), "tcp", 65535))
+
+    types: dict[bytes, set[int]] = {}  # name -> types held (NSEC bitmap without RRSIG/NSEC)
+    out: list = []
+    for key in sorted(zone.nodes):
+        node = zone.nodes[key]
+        cut = _find_cut(zone, key) if zone.cuts else None
+        if cut is not None and cut != key:
+            # below a cut: only glue, unsigned, and no NSEC
+            for t in (1, 28):
+                if t in node.rrsets:
+                    m = ask(key, t)
+                    out.extend(s for s in m.additional if s.rdtype == t and s.name.to_wire().lower() == key)
+            continue
+        types[key] = set(node.rrsets)
+        for t in sorted(node.rrsets):
+            if cut is not None and t != dnssec.DS:
+                if t == 2:
+                    m = ask(key, t)
+                    out.extend(s for s in m.authority if s.rdtype == 2)
+                continue
+            out.extend(_own(ask(key, t).answer, key))
+    for key, rec in sorted(state.dynamic.items()):
+        if state.zones.find(key) is not zone or (zone.cuts and _find_cut(zone, key)):
+            continue
+        types.setdefault(key, set()).update(rec.types)
+        for t in sorted(rec.types):
+            out.extend(_own(ask(key, t).answer, key))
+    types[origin].add(dnssec.DNSKEY)
+    out.extend(_own(ask(origin, dnssec.DNSKEY).answer, origin))
+    # the NSEC chain, in canonical order, signed by the zone's signer
+    signer = r.signers[origin]
+    names = sorted(dns.name.from_wire(k, 0)[0] for k in types)
+    for i, name in enumerate(names):
+        key = name.canonicalize().to_wire()
+        nxt = names[(i + 1) % len(names)].canonicalize().to_wire()
+        rd = nxt + dnssec.type_bitmap(types[key] | {dnssec.RRSIG, dnssec.NSEC})
+        nsec = dns.rrset.RRset(name, dns.rdataclass.IN, dns.rdatatype.NSEC)
+        nsec.update_ttl(zone.neg_ttl)
+        nsec.add(dns.rdata.from_wire(1, dnssec.NSEC, rd, 0, len(rd)))
+        sig = dns.rrset.RRset(name, dns.rdataclass.IN, dns.rdatatype.RRSIG, dns.rdatatype.NSEC)
+        sig.update_ttl(zone.neg_ttl)
+        for s in signer.sign(key, dnssec.NSEC, zone.neg_ttl, [rd], now):
+            sig.add(dns.rdata.from_wire(1, dnssec.RRSIG, s, 0, len(s)))
+        out.extend((nsec, sig))
+    out.sort(key=lambda s: (s.name, s.rdtype, s.covers))
+    return "".join(s.to_text() + "\n" for s in out)
+
+
+def _own(section, key: bytes) -> list:
+    return [s for s in section if s.name.canonicalize().to_wire() == key]
