@@ -8,6 +8,10 @@ Endpoints (JSON in and out; errors are ``{"error": "...", "code": "..."}`` with 
                                           the state store (up, staleness) and the fleet's instances
     GET    /audit?limit=N                 the audit log (fleet-wide with an etcd store), oldest first
     GET    /status                        the raw runtime snapshot (drains, health, feeds, expiries)
+    GET    /countries?record=NAME         where each country's clients are sent now, for one dynamic
+                                          record (default the first): {"countries": {"FR": {"name",
+                                          "regions", "random", "fallback"}}, "records": [...]}
+    GET    /ui                            the operator page (HTML; reads /regions, /audit, /countries)
     POST   /regions/{region}/drain        body or query: service, reason, force, actor, for (90, "2h")
     DELETE /regions/{region}/drain        body or query: service, reason, actor
     POST   /regions/{region}/feed         {"service": optional, "values": {"up": bool or 1/0,
@@ -18,7 +22,8 @@ Endpoints (JSON in and out; errors are ``{"error": "...", "code": "..."}`` with 
     POST   /reload                        200 {"ok": true, ...}; 422 {"ok": false, "reasons": [...]}
     GET    /metrics                       Prometheus text exposition
 
-Every mutating call (POST, DELETE) needs ``Authorization: Bearer <token>``. The token comes from
+The read-only GETs need no token (like /metrics, they are for whoever can reach the loopback
+address and passes the Host check). Every mutating call (POST, DELETE) needs ``Authorization: Bearer <token>``. The token comes from
 ``--control-token-file PATH`` or the environment variable ``FILTERDNS_CONTROL_TOKEN``
 (``load_token``). With none configured, mutating calls get 403 and a message saying how to
 configure one; a missing or wrong token gets 401. Tokens are compared with
@@ -36,7 +41,8 @@ request line, headers (at most 16 KiB), a ``Content-Length`` body (at most 64 Ki
 new ones), one request per connection (``Connection: close``), a Host allow-list (loopback
 names, the bound address, ``--http-allow-host`` names). It was kept rather than replaced by an
 HTTP library: every rule above would still be ours to write (libraries accept any Host and
-nest JSON without limit), and eight JSON endpoints do not need a framework on the DNS server.
+nest JSON without limit), and nine JSON endpoints and one page do not need a framework on the DNS
+server.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from filterdns.ops import ui
 from filterdns.ops.controller import BadRequest, Controller, OpError
 from filterdns.ops.store import StoreError
 
@@ -385,7 +392,7 @@ class HttpServer:
         status, headers, body = resp
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
         headers = {**headers, "Content-Length": str(len(body)), "Connection": "close",
-                   "Cache-Control": "no-store"}
+                   "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         lines += [f"{k}: {v}" for k, v in headers.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
         await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
@@ -465,6 +472,9 @@ class ControlServer(_Endpoint):
 
     async def handle(self, req: Request) -> Response:
         try:
+            page = self._pages.get(req.path)
+            if page is not None:  # the operator page and the view only it reads (read-only GETs)
+                return self._only(req, "GET") or await page(req)
             return await self._route(req)
         except OpError as e:
             return json_response(e.status, e.to_json())
@@ -543,6 +553,33 @@ class ControlServer(_Endpoint):
             await self._settle()
             return json_response(200, r.to_json())
         return json_response(404, {"error": f"no such endpoint {path}", "code": "not_found"})
+
+    @property
+    def _pages(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
+        return {"/ui": self._ui, "/ui/": self._ui, "/countries": self._countries}
+
+    @staticmethod
+    async def _ui(req: Request) -> Response:
+        body, headers = ui.page()
+        return 200, headers, body
+
+    async def _countries(self, req: Request) -> Response:
+        """``GET /countries``: the country map of one record (``filterdns.routing.country_routes``),
+        computed in a thread (a few tens of ms once per status snapshot, then cached) so the
+        event loop that answers DNS is not held."""
+        c = self.controller
+        raw = req.query.get("record")
+        record = raw[-1].strip() if raw else None
+        if record is not None and not re.fullmatch(r"[A-Za-z0-9_.*-]{1,255}", record):
+            raise BadRequest("record must be a domain name")
+        state, status = c.get_state(), c.inventory.status
+        try:
+            view = await asyncio.to_thread(ui.countries_view, state, status, record)
+        except KeyError:
+            known = ", ".join(r["name"] for r in ui.records_view(state)) or "none"
+            return json_response(404, {"error": f"{record} is not a dynamic record (known: {known})",
+                                       "code": "not_found"})
+        return json_response(200, view)
 
     async def _settle(self) -> None:
         if self.propagated is None:

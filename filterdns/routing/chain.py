@@ -49,6 +49,7 @@ from filterdns.routing.region_state import RegionState, region_state, service_st
 from filterdns.model import AAAA, Client
 
 FALLBACKS = ("all", "default_region", "none")
+_ANY_CLIENT = Client("0.0.0.0", 4, 0, True)
 _MEMO_MAX = 50_000  # memoised chain prefixes per record and status snapshot
 
 
@@ -303,6 +304,26 @@ class DynamicRecord:
                 more.append((f.name, len(cur) - len(out)))
             cur = out
         return self._finish(qtype, start, cur, tuple(more), scope)
+
+    def route_at(self, loc: Location, status: Status, rng: random.Random,
+                 client: Client | None = None) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
+        """Where this record sends a client at ``loc`` under ``status``, without the ECS scope:
+        ``(regions answered, regions left before the first filter that draws on the RNG, whether
+        one did, whether the fallback answered)``. The same steps as ``resolve`` (the
+        deterministic part, the random tail, the fallback), uncached, so a caller that asks for
+        many locations (the country map) leaves the query path's memo alone. Filters that read
+        the client's own address see ``client`` (default ``0.0.0.0/0`` with ECS)."""
+        client = client if client is not None else _ANY_CLIENT
+        start, cur, _, origin, tail, _, _ = self._memo_entry(client, loc, status, rng)
+        pool = tuple(a.name for a in cur)
+        if tail:
+            ctx = Context(client, loc, rng, origin, False)
+            for f in tail:
+                cur = f.apply(cur, ctx)
+        fell_back = not cur and bool(start)
+        if fell_back:
+            cur = self._fallback(start)
+        return tuple(a.name for a in cur), pool, bool(tail), fell_back
 
     def _memo_entry(self, client: Client, loc: Location, status: Status, rng: random.Random) -> tuple:
         """Run the filters that do not draw on the RNG for this input; keep the rest as the tail."""
