@@ -5,6 +5,7 @@
 #   - delv (bind9-dnsutils) and unbound when missing: the DNSSEC tests validate with them
 #   - dnssec-verify (bind9-utils) when missing: it checks the signed zone's export
 #   - etcd (Debian's etcd-server) when missing: the fleet tests start a 3-member cluster
+#   - chromium (Debian's chromium) when missing: the operator page's tests load /ui in it headless
 #   - ruff check (rules and complexity limit in pyproject.toml) before pytest: a lint error fails
 # Extra arguments go to pytest (e.g. tests/run.sh -k wire; tests/run.sh -m unit, the quick loop
 # of in-process tests; tests/run.sh -m e2e, the ones that start servers).
@@ -33,12 +34,15 @@ if ! command -v dnssec-verify >/dev/null 2>&1; then
 fi
 
 # Debian packages the deploy kit's tests run (deploy/): prometheus (prometheus, promtool),
-# unbound (unbound, unbound-checkconf), systemd (systemd-analyze), util-linux (setpriv)
+# unbound (unbound, unbound-checkconf), systemd (systemd-analyze), util-linux (setpriv);
+# chromium for the operator page's tests
 deploy_pkgs=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || deploy_pkgs+=(prometheus)
 command -v unbound >/dev/null 2>&1 || [ -x /usr/sbin/unbound ] || deploy_pkgs+=(unbound)
 command -v systemd-analyze >/dev/null 2>&1 || deploy_pkgs+=(systemd)
 command -v setpriv >/dev/null 2>&1 || deploy_pkgs+=(util-linux)
+# the operator page (/ui) is tested in headless Chromium, driven over its DevTools pipe
+command -v chromium >/dev/null 2>&1 || deploy_pkgs+=(chromium)
 if [ ${#deploy_pkgs[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${deploy_pkgs[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
