@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from filterdns.ops import ui
 from filterdns.ops.controller import BadRequest, Controller, OpError
 from filterdns.ops.store import StoreError
 
@@ -560,6 +559,8 @@ class ControlServer(_Endpoint):
 
     @staticmethod
     async def _ui(req: Request) -> Response:
+        from filterdns.ops import ui  # here, not at the top: the CLI client imports this module
+
         body, headers = ui.page()
         return 200, headers, body
 
@@ -567,6 +568,8 @@ class ControlServer(_Endpoint):
         """``GET /countries``: the country map of one record (``filterdns.routing.country_routes``),
         computed in a thread (a few tens of ms once per status snapshot, then cached) so the
         event loop that answers DNS is not held."""
+        from filterdns.ops import ui
+
         c = self.controller
         raw = req.query.get("record")
         record = raw[-1].strip() if raw else None
