@@ -174,12 +174,17 @@ class Page:
         return r["result"].get("value")
 
     def wait_for(self, expression: str, deadline: float, interval: float = 0.05) -> Any:
-        """Poll ``expression`` until it is truthy (its value), or fail at ``deadline`` (monotonic)."""
-        last = None
+        """Poll ``expression`` until it is truthy (its value), or fail at ``deadline`` (monotonic).
+        An evaluation that throws (e.g. while the page is still navigating) counts as not yet."""
+        last: Any = None
         while time.monotonic() < deadline:
-            last = self.eval(expression)
-            if last:
-                return last
+            try:
+                last = self.eval(expression)
+            except CDPError as e:
+                last = e
+            else:
+                if last:
+                    return last
             time.sleep(interval)
         raise AssertionError(f"page never satisfied {expression!r} (last value {last!r})")
 

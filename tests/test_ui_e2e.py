@@ -162,7 +162,8 @@ def test_page_says_when_the_server_is_gone(ui_server, tmp_path):
     with Browser(profile, start_deadline=120) as browser:
         page = browser.open(f"http://127.0.0.1:{ui_server.cport}/ui")
         # one full update (grid, audit and map) first, so the page has a time to say it is from
-        page.wait_for("document.getElementById('updated').textContent !== 'never'", time.monotonic() + 90)
+        page.wait_for("(document.getElementById('updated')?.textContent || 'never') !== 'never'",
+                      time.monotonic() + 90)
         ui_server.stop()
         text = page.wait_for("document.getElementById('error').classList.contains('on') && "
                              "document.getElementById('error').textContent", time.monotonic() + 30)
