@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", default=os.environ.get("FILTERDNS_METRICS", "127.0.0.1:9153"), metavar="ADDR:PORT|off",
                    help="Prometheus /metrics endpoint (default: %(default)s)")
     s.add_argument("--control", default=os.environ.get("FILTERDNS_CONTROL", "127.0.0.1:9154"), metavar="ADDR:PORT|off",
-                   help="control API: /healthz, /readyz, /regions, drains, feeds, reload (default: %(default)s)")
+                   help="control API: /healthz, /readyz, /regions, drains, feeds, reload, and the operator "
+                        "page /ui (default: %(default)s)")
     s.add_argument("--control-token-file", default=os.environ.get("FILTERDNS_CONTROL_TOKEN_FILE"), metavar="PATH",
                    help="file holding the bearer token that mutating control calls need "
                         "(or set FILTERDNS_CONTROL_TOKEN); without one, mutating calls are refused")

@@ -98,7 +98,7 @@ def _addr_regions(port):
 CELL = 'document.querySelector(\'td.cell[data-region="{r}"][data-service="{s}"]\')'
 
 
-def test_page_shows_a_drain_within_two_seconds(ui_server, tmp_path):
+def test_page_shows_a_drain_within_two_seconds(ui_server, tmp_path, capsys):
     if chromium_path() is None:
         pytest.skip("chromium is not installed (tests/run.sh installs Debian's chromium)")
     base = f"http://127.0.0.1:{ui_server.cport}"
@@ -123,7 +123,8 @@ def test_page_shows_a_drain_within_two_seconds(ui_server, tmp_path):
             " && c.textContent.includes('LB swap INC-4711') && c.textContent.includes('until') })()",
             acked + 30, interval=0.02)
         elapsed = time.monotonic() - acked
-        print(f"\ndrain acknowledged -> shown on the page: {elapsed:.3f} s")
+        with capsys.disabled():  # printed in every run, not only with -s
+            print(f"\n[ui] drain acknowledged -> shown on the page: {elapsed:.3f} s")
         assert shown and elapsed <= SHOW_WITHIN + DEADLINE_SLACK, f"took {elapsed:.2f} s"
         # the same refresh brought the audit entry and the other services of the region
         page.wait_for("document.querySelector('#audit tbody tr')?.textContent.includes('LB swap INC-4711')",
@@ -142,7 +143,8 @@ def test_page_shows_a_drain_within_two_seconds(ui_server, tmp_path):
         assert page.eval("document.querySelector('#legend [data-region=\"eu-west-2\"]').className") == "drained"
 
         shot = page.screenshot(tmp_path / "operator-page.png")
-        print(f"screenshot: {shot}")
+        with capsys.disabled():
+            print(f"[ui] screenshot: {shot}")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
         # it loaded nothing but its own origin, and logged no error (CSP violations are errors)
