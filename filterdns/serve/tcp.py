@@ -15,9 +15,12 @@ under pressure):
 * **server cap**: at most this many connections (with workers: each worker takes an equal
   share of ``--tcp-max-connections``). When full, a new client takes the slot of the oldest
   connection that has not completed a single query in its first quarter second, else of the
-  one longest without an answered query (if that is at least a second), so clients that
-  trickle or stall cannot lock out new ones; otherwise the new connection is closed at once
-  (counted), which the client sees as a clean close rather than a hang.
+  one that has left answers unread longest (a quarter second at least: a client that
+  pipelines queries and never reads is not making progress, however recently it was
+  answered), else of the one longest without an answered query (if that is at least a
+  second), so clients that trickle or stall cannot lock out new ones; otherwise the new
+  connection is closed at once (counted), which the client sees as a clean close rather than
+  a hang.
 
 Every close the server decides is counted by reason (``filterdns_tcp_closed_total``).
 """
@@ -95,7 +98,12 @@ class TcpServerState:
             victim = self._victim(_now())
             if victim is None:
                 return "refused"
-            victim.shut("evicted", abort=True)
+            if victim.closing is not None:  # already closing: free its slot now
+                self.release(victim)
+                if victim.transport is not None:
+                    victim.transport.abort()
+            else:
+                victim.shut("evicted", abort=True)
         self.open += 1
         self.sources[key] = self.sources.get(key, 0) + 1
         self.protocols.add(new)
@@ -104,15 +112,25 @@ class TcpServerState:
         return None
 
     def _victim(self, now: float) -> "TcpProtocol | None":
-        """The connection a new one may displace: first those that never completed a query
-        (oldest first), then the one longest without an answered query; None when every
-        connection is too recently active to displace."""
-        silent = [p for p in self.protocols if not p.answered and p.closing is None]
+        """The connection a new one may displace: one already closing, then those that never
+        completed a query (oldest first), then the one leaving answers unread longest, then
+        the one longest without an answered query; None when every connection is too
+        recently active to displace."""
+        for p in self.protocols:
+            if p.closing is not None:  # on its way out anyway
+                return p
+        live = [p for p in self.protocols if p.closing is None]
+        silent = [p for p in live if not p.answered]
         if silent:
             p = min(silent, key=lambda p: p.opened)
             if now - p.opened >= EVICT_SILENT_AFTER:
                 return p
-        p = min(self.protocols, key=lambda p: p.last_progress, default=None)
+        unread = [p for p in live if p.unread_since(now) is not None]
+        if unread:
+            p = min(unread, key=lambda p: p.unread_since(now))
+            if now - p.unread_since(now) >= EVICT_SILENT_AFTER:
+                return p
+        p = min(live, key=lambda p: p.last_progress, default=None)
         if p is not None and now - p.last_progress >= EVICT_AFTER:
             return p
         return None
@@ -141,6 +159,17 @@ class TcpProtocol(asyncio.Protocol):
         self.msg_started: float | None = None  # when the first octet of the pending query came
         self.write_stuck: float | None = None  # since when answers back up (client not reading)
         self.closing: float | None = None
+        self.backlog_since: float | None = None  # since when answers wait in our buffer
+
+    def unread_since(self, now: float) -> float | None:
+        """Since when this client has left answers unread (answers queued in our buffer
+        because its socket is full), or None: it reads what it is sent."""
+        tr = self.transport
+        if tr is None or not tr.get_write_buffer_size():
+            self.backlog_since = None
+        elif self.backlog_since is None:
+            self.backlog_since = now
+        return self.backlog_since
 
     def connection_made(self, transport):
         self.transport = transport
@@ -175,6 +204,7 @@ class TcpProtocol(asyncio.Protocol):
             if now - self.closing > CLOSE_GRACE:
                 tr.abort()
             return
+        self.unread_since(now)
         if self.write_stuck is not None:
             if now - self.write_stuck > s.idle_timeout:
                 self.shut("write_stall", abort=True)
