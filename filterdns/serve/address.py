@@ -3,6 +3,7 @@ operator CLI's --control and explain --live) and the one way to show an address 
 
 from __future__ import annotations
 
+import random
 import socket
 
 
@@ -49,13 +50,23 @@ def format_hostport(host: str, port: int) -> str:
 
 
 def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
+    """A port free for both UDP and TCP on 127.0.0.1, below the kernel's ephemeral range: a
+    port the kernel handed out would be free only until some process's next outgoing
+    connection or query takes it as its local port, before our server binds it."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, low) if low > 11000 else 0
         t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        t.bind(("127.0.0.1", 0))
-        port = t.getsockname()[1]
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            t.bind(("127.0.0.1", port))
+            port = t.getsockname()[1]
             u.bind(("127.0.0.1", port))
         except OSError:
             continue
