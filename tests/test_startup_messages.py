@@ -87,7 +87,10 @@ def _check_without_privileges(zones: str, chains: str) -> tuple[int, str]:
     from filterdns import cli
     from filterdns.config.build import build_state
 
-    build_state(ROOT / "zones", ROOT / "chains")  # import everything the child needs, now
+    # import everything the child needs, now (nobody cannot read the interpreter's library):
+    # the config stack and every subcommand's modules, which building the parser imports
+    build_state(ROOT / "zones", ROOT / "chains")
+    cli.build_parser()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
