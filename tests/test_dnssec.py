@@ -524,3 +524,32 @@ def test_dnssec_metrics(keys, monkeypatch):
     merged = merge([a, b])
     assert merged["dnssec"][("example.com.", "signatures")] == 2 * made
     assert merged["dnssec"][("example.com.", "dnskey_expires")] == b["dnssec"][("example.com.", "dnskey_expires")]
+
+
+def test_ds_of_a_served_child_is_answered_by_the_served_parent(tmp_path, monkeypatch):
+    """Parent and child on one server: DS at the child's apex comes from the parent's side of
+    the cut, signed by the parent's key; everything else at the apex from the child."""
+    from filterdns.dns import dnssec
+
+    keys = tmp_path / "keys"
+    parent_key = dnssec.keygen(keys, "example.com")
+    child_key = dnssec.keygen(keys, "secure.example.com")
+    zones, _ = delegating_zones(tmp_path, child_key)
+    (zones / "secure.example.com.zone").write_text(
+        "$ORIGIN secure.example.com.\n$TTL 300\n"
+        "@ IN SOA ns.secure.example.com. hostmaster.example.com. 1 3600 600 604800 30\n"
+        "@ IN NS ns.secure.example.com.\nns IN A 192.0.2.98\nwww IN A 192.0.2.7\n")
+    r = _responder(keys, monkeypatch, zones)
+    keyring = dnskeys(r)
+    for do in (True, False):
+        m, _ = ask(r, "secure.example.com.", "DS", do=do)
+        assert m.rcode() == dns.rcode.NOERROR and m.flags & dns.flags.AA
+        ds = m.find_rrset(m.answer, dns.name.from_text("secure.example.com."), dns.rdataclass.IN, dns.rdatatype.DS)
+        assert ds[0].key_tag == child_key.tag
+    m, _ = ask(r, "secure.example.com.", "DS")
+    assert validate_section(m.answer, keyring) == 1  # with the parent's DNSKEY
+    sig = [s for s in m.answer if s.rdtype == dns.rdatatype.RRSIG][0][0]
+    assert sig.signer == ORIGIN and sig.key_tag == parent_key.tag
+    m, _ = ask(r, "secure.example.com.", "SOA")  # the child answers its own apex
+    sig = [s for s in m.answer if s.rdtype == dns.rdatatype.RRSIG][0][0]
+    assert sig.signer == dns.name.from_text("secure.example.com.") and sig.key_tag == child_key.tag

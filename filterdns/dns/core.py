@@ -13,7 +13,8 @@ semantics (RFC 1034 §4.3.2, RFC 1035, RFC 2308, RFC 4592, RFC 8482):
 * name does not exist -> wildcard synthesis (a name that exists blocks the wildcard, RFC 4592),
   else NXDOMAIN with the SOA; negative TTL = min(SOA TTL, SOA MINIMUM) (RFC 2308 §5);
 * at or below a zone cut -> referral (NS in authority, glue in additional, AA clear), except DS
-  at the cut, which the parent answers itself from its own zone file (RFC 4035 §3.1.4.1);
+  at the cut, which the parent answers itself from its own zone file (RFC 4035 §3.1.4.1), also
+  when the child zone is served here too;
 * ANY -> a minimal answer: one synthesised HINFO "RFC8482" (RFC 8482 §4.2).
 """
 
@@ -133,7 +134,7 @@ def decide(q, client, state, status, rng, trace: bool = False, resolver=None) ->
     qtype = q.qtype
     if q.qclass != IN or qtype == AXFR or qtype == IXFR:
         return REFUSED_DECISION
-    zone = state.zones.find(q.qname_lower)
+    zone = state.zones.answering(q.qname_lower, qtype)
     if zone is None:
         return REFUSED_DECISION
 

@@ -227,7 +227,7 @@ class Responder:
         None when the name is in no signed zone or the query wants no signature."""
         if not q.do and q.qtype != dnssec.DNSKEY or self._fast_signed(q):
             return None
-        zone = state.zones.find(q.qname_lower)
+        zone = state.zones.answering(q.qname_lower, q.qtype)
         signer = self.signers.get(zone.origin.lower) if zone is not None else None
         if signer is None:
             return None

@@ -3,7 +3,9 @@
 One file per zone under the zones directory, named ``<zone>.zone`` (``example.com.zone``).
 Loading happens once per (re)load; per query the core only does dict look-ups here:
 
-* ``ZoneStore.find(qname_lower)`` - the closest enclosing zone (longest suffix), or None.
+* ``ZoneStore.find(qname_lower)`` - the closest enclosing zone (longest suffix), or None;
+  ``ZoneStore.answering(qname_lower, qtype)`` - the zone that answers (the parent for DS at a
+  served child's apex).
 * ``Zone.nodes`` - owner (lowercase wire) -> ``Node`` with its RRsets by type.
 * ``Zone.names`` - every name that exists, empty non-terminals included (NODATA, not NXDOMAIN).
 * ``Zone.cuts`` - delegation points (NS below the apex), for referrals.
@@ -27,7 +29,7 @@ import dns.rdatatype
 import dns.zone
 
 from filterdns.errors import ConfigError, Problem, list_config_dir
-from filterdns.model import CNAME, MX, NS, PTR, SOA, SRV
+from filterdns.model import CNAME, DS, MX, NS, PTR, SOA, SRV
 from filterdns.dns import zonefile
 from filterdns.dns.wire import Name, name_to_text
 
@@ -266,6 +268,17 @@ class ZoneStore:
             if n == 0:
                 return None
             i += n + 1
+
+    def answering(self, qname_lower: bytes, qtype: int) -> Zone | None:
+        """The zone that answers a query: the closest enclosing one, except for DS at the apex
+        of a zone whose parent is served too and delegates it, which the parent answers (the DS RRset lives on
+        the parent side of the cut, RFC 4035 §3.1.4.1)."""
+        z = self.find(qname_lower)
+        if qtype == DS and z is not None and len(qname_lower) == len(z.origin.lower) and qname_lower[0]:
+            parent = self.find(qname_lower[qname_lower[0] + 1:])
+            if parent is not None and qname_lower in parent.cuts:
+                return parent
+        return z
 
     def origins(self) -> list[str]:
         """Zone names as lowercase absolute text ("example.com.")."""
