@@ -516,14 +516,14 @@ def test_dnssec_metrics(keys, monkeypatch):
     assert 0.9 * 7 * 86400 - 60 <= left <= 7 * 86400
     ask(r, "wss-primary.example.com.", "A", subnet="81.2.69.0/24")
     assert values()[("filterdns_dnssec_signatures_total", z)] == made  # from the cache
-    # the workers' snapshots add up; the soonest DNSKEY expiry wins
+    # the workers' snapshots add up; the newest DNSKEY signature counts (not an exited worker's)
     from filterdns.ops.metrics import merge
 
     a, b = m.snapshot(), m.snapshot()
     b["dnssec"][("example.com.", "dnskey_expires")] = time.time() + 100
-    merged = merge([a, b])
+    merged = merge([b, a])
     assert merged["dnssec"][("example.com.", "signatures")] == 2 * made
-    assert merged["dnssec"][("example.com.", "dnskey_expires")] == b["dnssec"][("example.com.", "dnskey_expires")]
+    assert merged["dnssec"][("example.com.", "dnskey_expires")] == a["dnssec"][("example.com.", "dnskey_expires")]
 
 
 def test_ds_of_a_served_child_is_answered_by_the_served_parent(tmp_path, monkeypatch):

@@ -310,8 +310,9 @@ def merge(snapshots: Iterable[dict]) -> dict:
                 elif name == "scalars" and k in _MAX_SCALARS:
                     acc[k] = max(acc.get(k, 0), v)
                 elif name == "dnssec" and k[1] == "dnskey_expires":
-                    # the soonest expiry any worker serves (0: none signed yet)
-                    acc[k] = min(acc[k], v) if acc.get(k) and v else (v or acc.get(k, 0))
+                    # the newest signature: an exited worker's snapshot keeps its last, older one
+                    # (and a worker re-signs before serving one older than a quarter of validity)
+                    acc[k] = max(acc.get(k, 0), v)
                 else:
                     acc[k] = acc.get(k, 0) + v
     return out
