@@ -34,7 +34,8 @@ async def start(rt: Runtime) -> None:
     from filterdns.ops.metrics import merge, merged_renderer
 
     rt.controller = wiring.build_controller(rt)  # drains are restored before serving
-    rt.request_reload = lambda cause: rt.controller.reload(actor=cause)
+    # the audit log's actor: "SIGHUP" or "file watcher"; the log line says the whole cause
+    rt.request_reload = lambda cause: rt.controller.reload(actor=cause.split(":")[0], cause=cause)
     if isinstance(rt, Supervisor):
         # /metrics shows the sum of every worker's counters and the supervisor's own
         rt.render_metrics = merged_renderer(

@@ -8,6 +8,7 @@ import os
 import sys
 
 from filterdns import __version__
+from filterdns.logs import FORMATS
 
 DEFAULT_LISTEN = "127.0.0.1:8053"
 
@@ -24,12 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="filterdns",
         description="Authoritative DNS server that routes clients to edge regions with NS1-style filter chains.")
     ap.add_argument("--version", action="version", version=f"filterdns {__version__}")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="debug logging: reload phases, worker start, health probes")
+    ap.add_argument("--log-format", choices=FORMATS, default=os.environ.get("FILTERDNS_LOG_FORMAT", "text"),
+                    help="text, or json: one object per line with ts, level, logger, msg, fields "
+                         "(default: %(default)s; $FILTERDNS_LOG_FORMAT)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the DNS server",
                        description="Serve the zones and dynamic records over UDP and TCP.")
     _add_config_args(s, state=True)
+    # also accepted after the command (filterdns serve -v --log-format json)
+    s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    s.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS,
+                   help="text or json log lines (see filterdns --help)")
     s.add_argument("--listen", action="append", metavar="ADDR:PORT",
                    help=f"address to answer DNS on, UDP and TCP; repeatable; IPv6 as [::1]:8053 (default: {DEFAULT_LISTEN})")
     s.add_argument("--metrics", default=os.environ.get("FILTERDNS_METRICS", "127.0.0.1:9153"), metavar="ADDR:PORT|off",
@@ -222,7 +231,8 @@ def _serve(args) -> int:
         tcp_message_timeout=args.tcp_message_timeout, tcp_max_lifetime=args.tcp_max_lifetime,
         tcp_max_unsent=args.tcp_max_unsent, http_allow_hosts=tuple(args.http_allow_host), rrl=rrl.to_dict() if rrl.enabled else None,
         watch=not args.no_watch, health=not args.no_health,
-        workers=args.workers if args.workers is not None else available_cpus(), seed=args.seed)
+        workers=args.workers if args.workers is not None else available_cpus(), seed=args.seed,
+        log_format=args.log_format, verbose=args.verbose)
     return run(opts)
 
 
@@ -295,8 +305,8 @@ def _resolve_home(args) -> str | None:
 def main(argv=None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from filterdns import logs
+    logs.configure(args.log_format, args.verbose)
     if args.command is None:
         ap.print_help()
         return 2

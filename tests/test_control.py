@@ -53,7 +53,7 @@ class Harness:
         self.is_ready = False
         self.reloads = 0
 
-        async def reload():
+        async def reload(cause="api"):
             self.reloads += 1
             if reload_result[0]:
                 self.holder.state = make_state(generation=self.holder.state.generation + 1)

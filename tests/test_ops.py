@@ -230,7 +230,7 @@ def test_regions_view(tmp_path):
 def test_reload_counts_and_reports(tmp_path):
     results = [(True, []), (False, ["chains/edge.yaml:3:1: bad"])]
 
-    async def reload():
+    async def reload(cause="api"):
         return results.pop(0)
 
     c, inv, m, holder = make(tmp_path, reload=reload)

@@ -33,7 +33,7 @@ class Server:
         self.inventory = Inventory()
         state = make_state()
 
-        async def reload():
+        async def reload(cause="api"):
             return reload_result
 
         self.controller = Controller(lambda: state, self.inventory, reload, tmp_path)

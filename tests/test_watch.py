@@ -125,7 +125,7 @@ def test_real_files_edit_is_seen(tmp_path):
         await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
-    assert seen == ["files changed"]
+    assert seen == [f"file watcher: {d / 'b.yaml'} added"]
     assert signature([d]) != base and (".hidden" not in str(signature([d])))
 
 

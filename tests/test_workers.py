@@ -98,7 +98,7 @@ def test_metrics_are_summed_over_workers(wsrv):
 def test_reload_reaches_every_worker(wsrv):
     code, body = http(wsrv, "POST", "/reload", {})
     assert code == 200, body
-    assert wsrv.log().count("worker 0: generation 2 in service") == 1 and wsrv.log().count("worker 1: generation 2 in service") == 1
+    assert wsrv.log().count("[worker 0]: generation 2 in service") == 1 and wsrv.log().count("[worker 1]: generation 2 in service") == 1
 
 
 def test_dead_worker_is_restarted(wsrv):

@@ -233,7 +233,7 @@ class HttpServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEADER)
-        log.info("%s listening on %s:%d", self.name, *self.address)
+        log.debug("%s listening on %s:%d", self.name, *self.address)
         warning = exposure_warning(self.host)
         if warning:
             log.warning("%s: %s", self.name, warning)

@@ -594,13 +594,15 @@ class Controller:
             except asyncio.TimeoutError:
                 pass
 
-    async def reload(self, actor: str = "operator") -> tuple[bool, list[str]]:
-        """Build and swap a new config (one at a time); count, audit and report orphans."""
+    async def reload(self, actor: str = "operator", cause: str | None = None) -> tuple[bool, list[str]]:
+        """Build and swap a new config (one at a time); count, audit and report orphans.
+        ``cause`` is what the reload logs say started it (default: ``api by <actor>``); the
+        reload callback logs the outcome and every problem, once."""
         if self._reload is None:
             return False, ["reload is not available in this process"]
         async with self._reload_lock:
             try:
-                ok, reasons = await self._reload()
+                ok, reasons = await self._reload(cause or f"api by {actor}")
             except Exception as e:  # the reload callback should not raise; report if it does
                 log.exception("reload failed")
                 ok, reasons = False, [f"reload crashed: {type(e).__name__}: {e}"]
@@ -611,9 +613,6 @@ class Controller:
                         detail={"ok": ok, "generation": generation, "reasons": list(reasons)})
             if ok:
                 self.report_orphans()
-            else:
-                for r in reasons:
-                    log.error("reload rejected: %s", r)
             return ok, list(reasons)
 
     # -- views ----------------------------------------------------------------------------------

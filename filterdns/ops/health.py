@@ -214,8 +214,14 @@ class HealthChecker:
         check.last_detail = detail
         if self.metrics is not None:
             self.metrics.health_probe(spec.region, spec.service, ok)
+        f = {"check": spec.name, "region": spec.region, "service": spec.service, "ok": ok}
+        log.debug("health %s: probe %s (%s)", spec.name, "ok" if ok else "failed", detail,
+                  extra={"fields": f})
         if check.record(ok):
-            log.warning("health %s: %s (%s)", spec.name, "UP" if check.verdict else "DOWN", detail)
+            # coming back is good news (INFO); going down is what an operator must look at
+            log.log(logging.INFO if check.verdict else logging.WARNING, "health %s: %s (%s)",
+                    spec.name, "UP" if check.verdict else "DOWN", detail,
+                    extra={"fields": {**f, "verdict": "up" if check.verdict else "down"}})
             self._publish(spec.region, spec.service)
 
     def _publish(self, region: str, service: str) -> None:

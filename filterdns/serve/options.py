@@ -40,6 +40,8 @@ class ServeOptions:
     #: seed of the routing RNG (shuffle, shed_load); None: seeded from the OS. With one worker
     #: the same queries in the same order get the same answers (`filterdns simulate` relies on it)
     seed: int | None = None
+    log_format: str = "text"  # filterdns.logs.FORMATS; workers log the same way
+    verbose: bool = False
 
     def tcp_limits(self, workers: int = 1) -> dict:
         """The TCP limits of one process (serve/tcp.py). The connection caps are the server's:

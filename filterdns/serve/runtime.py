@@ -99,6 +99,9 @@ class Runtime:
             old = self.holder.state
             gen = old.generation + 1
             t0 = time.perf_counter()
+            f = {"cause": cause, "generation": gen}
+            log.debug("reload (%s): building generation %d from %s and %s", cause, gen,
+                      self.opts.zones, self.opts.chains, extra={"fields": f})
             try:
                 sig, new, error = await asyncio.to_thread(self._build, gen)
             except Exception as e:  # noqa: BLE001 - never lose the old config
@@ -108,8 +111,11 @@ class Runtime:
             if error is not None:
                 problems = [str(p) for p in error.problems]
                 log.error("reload (%s) rejected; still serving generation %d:\n  %s",
-                          cause, old.generation, "\n  ".join(problems))
+                          cause, old.generation, "\n  ".join(problems),
+                          extra={"fields": {**f, "problems": problems}})
                 return False, problems
+            log.debug("reload (%s): generation %d built in %.0f ms; putting it in service", cause,
+                      gen, (time.perf_counter() - t0) * 1000, extra={"fields": f})
             try:
                 ok, reasons = await self.commit(new)
             except Exception as e:  # noqa: BLE001
@@ -118,10 +124,11 @@ class Runtime:
             if not ok:
                 log.error("reload (%s): generation %d not taken; every process still serves "
                           "generation %d:\n  %s", cause, gen, self.holder.state.generation,
-                          "\n  ".join(reasons))
+                          "\n  ".join(reasons), extra={"fields": {**f, "problems": reasons}})
                 return False, reasons
+            ms = (time.perf_counter() - t0) * 1000
             log.info("reload (%s): generation %d in service (%s) in %.0f ms", cause, gen,
-                     new.summary, (time.perf_counter() - t0) * 1000)
+                     new.summary, ms, extra={"fields": {**f, "ms": round(ms, 1)}})
             for w in getattr(new, "warnings", ()):
                 log.warning("%s", w)
             return True, []
@@ -147,7 +154,8 @@ class Runtime:
                                   self.request_reload)
             self._watch_task = asyncio.create_task(watcher.run(self._stop))
         st = self.holder.state
-        log.info("serving generation %d: %s", st.generation, st.summary)
+        log.info("serving generation %d (startup): %s", st.generation, st.summary,
+                 extra={"fields": {"cause": "startup", "generation": st.generation}})
         for w in getattr(st, "warnings", ()):
             log.warning("%s", w)
 

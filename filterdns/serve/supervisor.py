@@ -138,6 +138,7 @@ class Supervisor(Runtime):
             "index": w.index, "tcp": o.tcp_limits(self.n), "rrl": o.rrl,
             "sockets": [(u.fileno(), t.fileno()) for u, t in self.socks],
             "geo_fd": self.geo_fd, "geo_path": getattr(self.geo, "path", None),
+            "log_format": o.log_format, "verbose": o.verbose,
         }
         fds = (child.fileno(),) + tuple(fd for pair in args["sockets"] for fd in pair)
         if self.geo_fd is not None:
@@ -146,6 +147,7 @@ class Supervisor(Runtime):
             sys.executable, "-m", "filterdns.serve.worker", str(child.fileno()), repr(args),
             pass_fds=fds, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL)
         child.close()
+        log.debug("worker %d started (pid %d)", w.index, w.proc.pid)
         w.started = time.monotonic()
         w.spawned += 1
         w.ready.clear()
@@ -171,7 +173,8 @@ class Supervisor(Runtime):
                 op = msg.get("op")
                 if op == "ready":
                     w.ready.set()
-                    log.info("worker %d ready (pid %d), generation %d", w.index, msg["pid"], msg["generation"])
+                    log.info("worker %d ready (pid %d), generation %d", w.index, msg["pid"],
+                             msg["generation"], extra={"fields": {"worker": w.index, "pid": msg["pid"]}})
                 elif op == "metrics":
                     w.snapshot = msg["snapshot"]
                 elif op == "status_applied":
@@ -260,7 +263,7 @@ class Supervisor(Runtime):
         # a worker that is down now gets what is being served when it starts again
         asked = [(w, w.spawned, w.ask("prepared", seq, packed.message("prepare", seq=seq)))
                  for w in self.workers if w.connected]
-        log.info("generation %d built (digest %s); preparing it on %d worker(s)", new.generation,
+        log.debug("generation %d built (digest %s); preparing it on %d worker(s)", new.generation,
                  packed.digest, len(asked))
         reasons: list[str] = []
         for w, _spawned, fut in asked:

@@ -40,6 +40,29 @@ def signature(dirs: Iterable[str]) -> Signature:
     return tuple(sig)
 
 
+def describe_change(old, new, most: int = 3) -> str:
+    """What differs between two signatures, for the reload's log line and audit entry:
+    ``zones/example.com.zone changed, chains/x.yaml added`` (at most ``most`` paths)."""
+    def paths(sig) -> dict:
+        if not isinstance(sig, tuple):
+            return {}
+        return {e[0]: e[1:] for e in sig if isinstance(e, tuple) and e}
+
+    a, b = paths(old), paths(new)
+    out = []
+    for path in sorted(set(a) | set(b)):
+        if path not in a:
+            out.append(f"{path} added")
+        elif path not in b:
+            out.append(f"{path} removed")
+        elif a[path] != b[path]:
+            out.append(f"{path} removed" if b[path] == ("missing",) else f"{path} changed")
+    if not out:
+        return "files changed"
+    more = f" and {len(out) - most} more" if len(out) > most else ""
+    return ", ".join(out[:most]) + more
+
+
 class FileWatcher:
     def __init__(self, dirs: Iterable[str], interval: float, baseline: Callable[[], Signature | None],
                  on_change: Callable[[str], Awaitable], settle: float = 0.3):
@@ -68,7 +91,7 @@ class FileWatcher:
                 settled = await asyncio.to_thread(signature, self.dirs)
                 if settled != sig or settled == self.baseline():
                     continue  # still being written (or already reloaded): look again next poll
-                await self.on_change("files changed")
+                await self.on_change("file watcher: " + describe_change(self.baseline(), settled))
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the watcher must outlive a bad poll

@@ -94,6 +94,7 @@ class Worker:
                            self.args["tcp"], self.args["rrl"])
         await dns.open(socks)
         st = self.holder.state
+        log.debug("listening on %d inherited socket pair(s), generation %d", len(socks), st.generation)
         channel.write(writer, {"op": "ready", "pid": os.getpid(), "generation": st.generation,
                                "digest": self.digest})
         await writer.drain()
@@ -133,7 +134,7 @@ class Worker:
                                            "generation": self.inventory.status.generation})
                 elif op == "install":
                     self._install(msg)
-                    log.info("worker %d: generation %d in service", self.index, self.holder.state.generation)
+                    log.info("generation %d in service", self.holder.state.generation)
                 elif op == "prepare":
                     reply = await self._prepare(msg)
                     channel.write(writer, reply)
@@ -141,7 +142,7 @@ class Worker:
                     state, self.digest = self.staged.pop(msg["seq"])
                     self.holder.swap(state)
                     self.staged.clear()
-                    log.info("worker %d: generation %d in service", self.index, state.generation)
+                    log.info("generation %d in service", state.generation)
                     channel.write(writer, {"op": "committed", "seq": msg["seq"], "generation": state.generation})
                 elif op == "abort":
                     self.staged.pop(msg["seq"], None)
@@ -149,7 +150,7 @@ class Worker:
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the supervisor is gone: stop rather than linger as an orphan
         except Exception:  # noqa: BLE001 - a broken channel: exit, the supervisor restarts us
-            log.exception("worker %d: bad message from the supervisor", self.index)
+            log.exception("bad message from the supervisor")
         self.stop.set()
 
     async def _prepare(self, msg: dict) -> dict:
@@ -173,6 +174,7 @@ class Worker:
 def main(fd: int, args: dict) -> int:
     install_loop_policy()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the supervisor's (a hangup of the group too)
 
     async def run() -> int:
         return await Worker(fd, args).run()
@@ -183,6 +185,9 @@ def main(fd: int, args: dict) -> int:
 if __name__ == "__main__":
     import ast
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
-    sys.exit(main(int(sys.argv[1]), ast.literal_eval(sys.argv[2])))
+    from filterdns import logs
+
+    worker_args = ast.literal_eval(sys.argv[2])
+    logs.configure(worker_args.get("log_format", "text"), worker_args.get("verbose", False),
+                   worker=worker_args.get("index"))
+    sys.exit(main(int(sys.argv[1]), worker_args))
