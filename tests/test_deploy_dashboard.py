@@ -127,7 +127,7 @@ def prom(tmp_path_factory):
                     up = api(pport, "/api/v1/query", query='up{job="filterdns"}')["data"]["result"]
                     assert up and up[0]["value"][1] == "1", up
                     break
-            except (OSError, KeyError):
+            except (OSError, KeyError, ValueError):  # ValueError: a 503 "Service Unavailable" while it starts
                 pass
             assert time.monotonic() < deadline, (tmp / "prometheus.log").read_text()
             _traffic(fd.port)
