@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "every (all) or any one (any) of the instances checking it says so")
     s.add_argument("--instance", default=os.environ.get("FILTERDNS_INSTANCE"), metavar="NAME",
                    help="this instance's name in the fleet (default: hostname:control port)")
+    s.add_argument("--server-id", default=os.environ.get("FILTERDNS_SERVER_ID"), metavar="TEXT|@hostname",
+                   help="this instance's identity, sent as NSID (RFC 5001, dig +nsid) and as the TXT of "
+                        "CHAOS id.server and hostname.bind; @hostname = the host's name (default: none: "
+                        "no NSID, CHAOS queries REFUSED)")
     s.add_argument("--max-drain-share", type=float, default=None, metavar="FRACTION",
                    help="largest share of a service's regions the health automation may drain (default: all but the last)")
     s.add_argument("--http-allow-host", action="append", default=[], metavar="NAME",
@@ -195,6 +199,12 @@ def _serve(args) -> int:
     except ValueError as e:
         print(f"filterdns serve: {e}", file=sys.stderr)
         return 2
+    from filterdns.dns import identity
+    try:
+        server_id = identity.resolve(args.server_id)
+    except ValueError as e:
+        print(f"filterdns serve: {e}", file=sys.stderr)
+        return 2
     if args.workers is not None and args.workers < 1:
         print("filterdns serve: --workers must be >= 1", file=sys.stderr)
         return 2
@@ -232,7 +242,7 @@ def _serve(args) -> int:
         tcp_max_unsent=args.tcp_max_unsent, http_allow_hosts=tuple(args.http_allow_host), rrl=rrl.to_dict() if rrl.enabled else None,
         watch=not args.no_watch, health=not args.no_health,
         workers=args.workers if args.workers is not None else available_cpus(), seed=args.seed,
-        log_format=args.log_format, verbose=args.verbose)
+        log_format=args.log_format, verbose=args.verbose, server_id=server_id)
     return run(opts)
 
 

@@ -4,6 +4,7 @@ No sockets, logging, metrics, clock or randomness except what is passed in. Auth
 semantics (RFC 1034 §4.3.2, RFC 1035, RFC 2308, RFC 4592, RFC 8482):
 
 * names outside every served zone, classes other than IN, and zone transfers -> REFUSED;
+  except CHAOS TXT ``id.server``/``hostname.bind`` when ``--server-id`` is set (dns/identity.py);
 * an RRset of the asked type -> the answer, AA set;
 * a dynamic record (filter chain) for A/AAAA -> the addresses its chain selects, with the ECS
   scope it reports;
@@ -20,9 +21,14 @@ semantics (RFC 1034 §4.3.2, RFC 1035, RFC 2308, RFC 4592, RFC 8482):
 
 from __future__ import annotations
 
+from filterdns.dns import identity
 from filterdns.model import A, AAAA, ANY, AXFR, CNAME, DS, IXFR, NOERROR, NS, NXDOMAIN, REFUSED
 
 IN = 1
+CH = 3
+TXT = 16
+#: CHAOS names answered with the server identity (dns/identity.py); any other is REFUSED
+_CHAOS_NAMES = frozenset({b"\x02id\x06server\x00", b"\x08hostname\x04bind\x00"})
 HINFO = 13
 MAX_CHASE = 8
 _RFC8482 = b"\x07RFC8482\x00"
@@ -59,6 +65,13 @@ class Decision:
 
 
 REFUSED_DECISION = Decision(REFUSED, False)
+
+
+def _chaos(qtype: int) -> Decision:
+    """``id.server`` / ``hostname.bind`` CH: the identity as TXT (ANY too), else NODATA."""
+    if qtype in (TXT, ANY):
+        return Decision(NOERROR, True, [(None, TXT, CH, 0, identity.TXT_RDATA)])
+    return Decision(NOERROR, True)
 
 
 def _rrset_records(owner, rrset, out: list) -> None:
@@ -133,6 +146,8 @@ def decide(q, client, state, status, rng, trace: bool = False, resolver=None) ->
     """
     qtype = q.qtype
     if q.qclass != IN or qtype == AXFR or qtype == IXFR:
+        if q.qclass == CH and identity.TXT_RDATA and q.qname_lower in _CHAOS_NAMES:
+            return _chaos(qtype)
         return REFUSED_DECISION
     zone = state.zones.answering(q.qname_lower, qtype)
     if zone is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from filterdns.dns import identity
 from filterdns.model import BADVERS, FORMERR, NOTIMP, OPT
 
 _ntop = socket.inet_ntop
@@ -96,13 +97,14 @@ class Query:
     """One parsed query: header fields, the question, EDNS and ECS."""
 
     __slots__ = ("id", "flags", "opcode", "qname", "qname_lower", "qtype", "qclass",
-                 "question", "edns", "payload", "do", "ecs")
+                 "question", "edns", "payload", "do", "ecs", "nsid")
 
     def __init__(self):
         self.edns = False  # an OPT record was present
         self.payload = MIN_PAYLOAD  # the largest UDP response the client takes
         self.do = False
         self.ecs: ECS | None = None
+        self.nsid = False  # the query asked for our NSID (RFC 5001)
 
     def __repr__(self) -> str:
         return (f"Query(id={self.id}, {name_to_text(self.qname)} {self.qtype} {self.qclass}, "
@@ -325,6 +327,8 @@ def _lean_opt(data: bytes, off: int, end: int, q: Query) -> bool:
         elif code == 10:
             if not _cookie_ok(olen):
                 return False
+        elif code == 3:
+            q.nsid = True
         elif code not in _LEAN_CHECKED and _strict_option(code):
             return False
         o += olen
@@ -377,7 +381,7 @@ def _parse_strict(data: bytes, off: int, end: int, an: int, ns: int, ar: int, q:
         if not root_owner:
             raise formerr("OPT record not owned by the root (a single zero octet)")
         try:
-            ecs = _check_options(data, o, oend)
+            ecs = _check_options(data, o, oend, q)
         except ValueError as e:
             raise formerr(str(e)) from None
     import dns.message
@@ -423,9 +427,9 @@ def _walk_records(data: bytes, off: int, end: int, an: int, ns: int, ar: int):
     return opts, tsig, None
 
 
-def _check_options(data: bytes, o: int, oend: int):
+def _check_options(data: bytes, o: int, oend: int, q: Query | None = None):
     """The options of an OPT record: framing, one valid ECS at most, COOKIE lengths. Returns
-    the ECS or None; ValueError says what is wrong."""
+    the ECS or None (and notes an NSID request in ``q``); ValueError says what is wrong."""
     ecs = None
     while o < oend:
         if o + 4 > oend:
@@ -440,6 +444,8 @@ def _check_options(data: bytes, o: int, oend: int):
             ecs = _parse_ecs(data[o:o + olen])
         elif code == 10 and not _cookie_ok(olen):
             raise ValueError(f"COOKIE option of {olen} octets")
+        elif code == 3 and q is not None:
+            q.nsid = True
         o += olen
     return ecs
 
@@ -497,11 +503,16 @@ def render(q: Query, rcode: int, aa: bool, an: int, ns: int, ar: int, body: byte
     """
     flags = QR | (q.flags & _COPY_BITS) | (AA if aa else 0) | rcode
     if q.edns:
-        if q.ecs is None:
+        nsid = identity.NSID_OPTION if q.nsid else b""
+        if q.ecs is None and not nsid:
             opt = _OPT_DO if q.do else _OPT_PLAIN
         else:
-            opt = opt_record(do=q.do, options=q.ecs.echo(scope))
+            opt = opt_record(do=q.do, options=(q.ecs.echo(scope) if q.ecs is not None else b"") + nsid)
         msg = b"".join((_HDR.pack(q.id, flags, 1, an, ns, ar + 1), q.question, body, opt))
+        if nsid and len(msg) > limit:  # NSID is a courtesy: leave it out rather than truncate
+            opt = opt[:-len(nsid)]
+            opt = opt[:9] + _H.pack(len(opt) - 11) + opt[11:]
+            msg = b"".join((_HDR.pack(q.id, flags, 1, an, ns, ar + 1), q.question, body, opt))
     else:
         opt = b""
         msg = b"".join((_HDR.pack(q.id, flags, 1, an, ns, ar), q.question, body))

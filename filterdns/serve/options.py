@@ -40,6 +40,7 @@ class ServeOptions:
     #: seed of the routing RNG (shuffle, shed_load); None: seeded from the OS. With one worker
     #: the same queries in the same order get the same answers (`filterdns simulate` relies on it)
     seed: int | None = None
+    server_id: str | None = None  # NSID and CHAOS id.server (dns/identity.py); None: none
     log_format: str = "text"  # filterdns.logs.FORMATS; workers log the same way
     verbose: bool = False
 

@@ -21,6 +21,7 @@ from typing import Awaitable, Callable
 
 from filterdns.config.build import build_state
 from filterdns.config.state import State, StateHolder
+from filterdns.dns import identity
 from filterdns.errors import ConfigError
 from filterdns.routing.inventory import Inventory
 from filterdns.serve.options import ServeOptions
@@ -47,6 +48,7 @@ class Runtime:
     def __init__(self, opts: ServeOptions, metrics):
         self.opts = opts
         self.metrics = metrics
+        identity.set_server_id(opts.server_id)  # before any listener opens (workers: theirs)
         self.inventory = Inventory()
         self.holder: StateHolder | None = None
         self.geo = None  # the geo database, opened once and kept across reloads

@@ -138,7 +138,7 @@ class Supervisor(Runtime):
             "index": w.index, "tcp": o.tcp_limits(self.n), "rrl": o.rrl,
             "sockets": [(u.fileno(), t.fileno()) for u, t in self.socks],
             "geo_fd": self.geo_fd, "geo_path": getattr(self.geo, "path", None),
-            "log_format": o.log_format, "verbose": o.verbose,
+            "log_format": o.log_format, "verbose": o.verbose, "server_id": o.server_id,
         }
         fds = (child.fileno(),) + tuple(fd for pair in args["sockets"] for fd in pair)
         if self.geo_fd is not None:

@@ -22,6 +22,7 @@ import socket
 import sys
 
 from filterdns.config.state import StateHolder, digest, unpack
+from filterdns.dns import identity
 from filterdns.dns.responder import Responder
 from filterdns.routing.inventory import Inventory, load_status
 from filterdns.serve import channel
@@ -43,6 +44,7 @@ class Worker:
         from filterdns.ops.metrics import Metrics  # this process's own counters (the top of it)
 
         self.index = args["index"]
+        identity.set_server_id(args.get("server_id"))
         self.args = args
         self.metrics = Metrics()
         self.fd = fd
