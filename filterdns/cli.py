@@ -79,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-allow-host", action="append", default=[], metavar="NAME",
                    help="a Host name the control API and metrics endpoint accept besides loopback names and "
                         "the bound address (DNS rebinding guard), e.g. the name Prometheus scrapes (repeatable)")
+    ql = s.add_argument_group("query log and dnstap (off by default; docs/observability.md)")
+    ql.add_argument("--query-log", default=os.environ.get("FILTERDNS_QUERY_LOG"), metavar="PATH|-",
+                    help="append a sample of the answered queries to PATH (- = stdout), one JSON object "
+                         "per line: time, client, ECS subnet, name, type, rcode, region, scope, latency")
+    ql.add_argument("--query-log-sample", type=float, default=0.01, metavar="FRACTION",
+                    help="share of the queries written to the query log, 0 < FRACTION <= 1 "
+                         "(default: %(default)s)")
+    ql.add_argument("--dnstap", default=os.environ.get("FILTERDNS_DNSTAP"), metavar="PATH|unix:PATH",
+                    help="write every query and response as dnstap (AUTH_QUERY, AUTH_RESPONSE) in Frame "
+                         "Streams to a file, or to the Unix socket of a dnstap collector (unix:PATH or an "
+                         "existing socket); with --workers N each worker writes PATH.N")
     t = s.add_argument_group("TCP limits (RFC 7766 §6.2.3; docs/limits.md)")
     t.add_argument("--tcp-max-connections", type=int, default=256, metavar="N",
                    help="concurrent TCP connections for the whole server, shared equally by the workers; "
@@ -205,6 +216,9 @@ def _serve(args) -> int:
     except ValueError as e:
         print(f"filterdns serve: {e}", file=sys.stderr)
         return 2
+    if not 0 < args.query_log_sample <= 1:
+        print("filterdns serve: --query-log-sample must be > 0 and <= 1", file=sys.stderr)
+        return 2
     if args.workers is not None and args.workers < 1:
         print("filterdns serve: --workers must be >= 1", file=sys.stderr)
         return 2
@@ -242,7 +256,8 @@ def _serve(args) -> int:
         tcp_max_unsent=args.tcp_max_unsent, http_allow_hosts=tuple(args.http_allow_host), rrl=rrl.to_dict() if rrl.enabled else None,
         watch=not args.no_watch, health=not args.no_health,
         workers=args.workers if args.workers is not None else available_cpus(), seed=args.seed,
-        log_format=args.log_format, verbose=args.verbose, server_id=server_id)
+        log_format=args.log_format, verbose=args.verbose, server_id=server_id,
+        query_log=args.query_log, query_log_sample=args.query_log_sample, dnstap=args.dnstap)
     return run(opts)
 
 

@@ -72,18 +72,30 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(fmt: str = "text", verbose: bool = False, worker: int | None = None,
-              stream=None) -> None:
-    """Install the one stderr handler on the root logger (replacing any earlier one, so no
-    line is ever printed twice) at DEBUG with ``verbose``, else INFO."""
+              stream=None, force: bool = False) -> None:
+    """Install the one stderr handler on the root logger at DEBUG with ``verbose``, else INFO.
+    A handler installed by an earlier call is replaced, so no line is ever printed twice. Like
+    ``logging.basicConfig``, nothing is added when someone else's handler is already there
+    (pytest's, an embedding program's) unless ``force``."""
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r}: use one of {', '.join(FORMATS)}")
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else TextFormatter(worker))
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.addHandler(handler)
+    reset()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # libraries' chatter stays at INFO even with -v (asyncio's selector line, etc.)
     for noisy in ("asyncio", "urllib3", "hpack", "grpc"):
         logging.getLogger(noisy).setLevel(logging.INFO)
+    if root.handlers and not force:
+        return
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else TextFormatter(worker))
+    handler._filterdns = True
+    root.addHandler(handler)
+
+
+def reset() -> None:
+    """Remove the handler ``configure`` installed (tests)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_filterdns", False):
+            root.removeHandler(h)

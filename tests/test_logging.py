@@ -22,11 +22,11 @@ from filterdns.routing.inventory import Inventory
 
 def _line(fmt: str, fn) -> str:
     buf = io.StringIO()
-    logs.configure(fmt, verbose=True, stream=buf)
+    logs.configure(fmt, verbose=True, stream=buf, force=True)
     try:
         fn(logging.getLogger("filterdns.test"))
     finally:
-        logs.configure("text", stream=io.StringIO())
+        logs.reset()
     return buf.getvalue()
 
 
@@ -59,12 +59,12 @@ def test_json_exception_stays_on_one_line():
 @pytest.mark.unit
 def test_configure_twice_prints_each_line_once():
     buf = io.StringIO()
-    logs.configure("text", stream=io.StringIO())
-    logs.configure("text", stream=buf)
+    logs.configure("text", stream=io.StringIO(), force=True)
+    logs.configure("text", stream=buf, force=True)
     try:
         logging.getLogger("filterdns.x").warning("once")
     finally:
-        logs.configure("text", stream=io.StringIO())
+        logs.reset()
     assert buf.getvalue().count("once") == 1
     assert " WARNING filterdns.x: once" in buf.getvalue()
 

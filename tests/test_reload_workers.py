@@ -121,7 +121,7 @@ def test_a_worker_that_refuses_leaves_every_process_on_the_old_generation(tmp_pa
 
 
 def test_a_file_edited_mid_reload_reaches_no_worker(tmp_path, stop_after):
-    sp = start(tmp_path, env={"FILTERDNS_TEST_PREPARE_DELAY": "1.5"})
+    sp = start(tmp_path, "-v", env={"FILTERDNS_TEST_PREPARE_DELAY": "1.5"})  # -v: the "built" line
     stop_after(sp)
     set_serial(sp.zone, SERIAL + 1)
     result = {}

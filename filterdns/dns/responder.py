@@ -77,6 +77,7 @@ class Responder:
         self.dyn_signers: dict = {}  # lowercase wire name of a fast dynamic record -> its zone's Signer
         self._logged: set[str] = set()
         self.rrl = None  # an rrl.Rrl for UDP responses, or None
+        self.tap = None  # a serve.tap.Tap (query log, dnstap), or None
 
     # ------------------------------------------------------------------ the query path
     def respond(self, data: bytes, src, transport: str, limit: int) -> bytes | None:
@@ -113,6 +114,8 @@ class Responder:
         if q.do:
             m.do_query(transport)
         m.query(transport, q.qtype, rcode, q.ecs is not None, _perf() - t0)
+        if self.tap is not None:  # query log and dnstap (serve/tap.py); None when both are off
+            self.tap(q, src, transport, data, msg, rcode, t0)
         return msg
 
     def respond_udp(self, data: bytes, src) -> bytes | None:

@@ -31,6 +31,8 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_tcp_closed_total{reason}                   reason in TCP_CLOSE_REASONS
     filterdns_rrl_responses_total{class,action}          UDP response rate limiting (dns/rrl.py)
     filterdns_rrl_buckets                                gauge: RRL buckets held
+    filterdns_tap_written_total{sink}                    query log / dnstap entries written
+    filterdns_tap_dropped_total{sink}                    ... dropped: the sink was too slow
     filterdns_rrl_evictions_total                        RRL buckets dropped (table full)
     filterdns_config_generation                          gauge
     filterdns_config_last_reload_success_timestamp_seconds
@@ -102,6 +104,7 @@ DRAIN_CAUSES = frozenset({"operator", "health"})
 #: why the server closed a TCP connection (serve/tcp.py)
 TCP_CLOSE_REASONS = frozenset({"idle", "read_deadline", "lifetime", "write_stall", "evicted",
                                "per_source", "framing"})
+TAP_SINKS = ("query_log", "dnstap")
 RRL_ACTIONS = frozenset({"passed", "dropped", "slipped", "logged", "exempt"})
 
 
@@ -140,6 +143,7 @@ class Metrics:
         self._reloads: dict[str, int] = {}
         self._tcp_closed: dict[str, int] = {}
         self._rrl: dict[tuple[str, str], int] = {}
+        self._tap: dict[tuple[str, str], int] = {}  # (sink, "written" | "dropped")
         self._scalars: dict[str, float] = {
             "ecs_formerr": 0, "truncated": 0, "servfail_exception": 0, "tcp_connections": 0,
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
@@ -218,6 +222,14 @@ class Metrics:
         r = self._rrl
         r[key] = r.get(key, 0) + 1
 
+    def tap_written(self, sink: str, n: int) -> None:
+        """``n`` entries written by the query log or dnstap (serve/tap.py; its writer thread)."""
+        _add(self._tap, (sink, "written"), n)
+
+    def tap_dropped(self, sink: str) -> None:
+        """One entry dropped because the sink's queue was full (the disk or reader too slow)."""
+        _add(self._tap, (sink, "dropped"))
+
     def rrl_buckets(self, n: int) -> None:
         self._scalars["rrl_buckets"] = n
 
@@ -277,6 +289,7 @@ class Metrics:
             "reloads": dict(self._reloads),
             "tcp_closed": dict(self._tcp_closed),
             "rrl": dict(self._rrl),
+            "tap": dict(self._tap),
             "scalars": dict(self._scalars),
             "do": dict(self._do),
             "dnssec": {(z, k): v for z, c in self._dnssec.items() for k, v in c.items()},
@@ -379,6 +392,14 @@ class _Collector(Collector):
                        ["reason"], s.get("tcp_closed", {}))
         yield _counter("filterdns_rrl_responses", "UDP responses through response rate limiting, "
                        "by answer class and action.", ["class", "action"], s.get("rrl", {}))
+        tap = s.get("tap", {})
+        for what, doc in (("written", "Entries written by the query log and dnstap, by sink."),
+                          ("dropped", "Query log and dnstap entries dropped because the sink was "
+                                      "too slow (its queue was full), by sink.")):
+            f = CounterMetricFamily(f"filterdns_tap_{what}", doc, labels=["sink"])
+            for sink in TAP_SINKS:
+                f.add_metric([sink], tap.get((sink, what), 0))
+            yield f
         yield GaugeMetricFamily("filterdns_rrl_buckets", "Response rate limiting buckets held.",
                                 value=sc.get("rrl_buckets", 0))
         yield CounterMetricFamily("filterdns_rrl_evictions", "RRL buckets dropped because the table was full.",

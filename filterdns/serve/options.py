@@ -40,6 +40,9 @@ class ServeOptions:
     #: seed of the routing RNG (shuffle, shed_load); None: seeded from the OS. With one worker
     #: the same queries in the same order get the same answers (`filterdns simulate` relies on it)
     seed: int | None = None
+    query_log: str | None = None  # PATH or "-" (stdout); serve/tap.py
+    query_log_sample: float = 0.01
+    dnstap: str | None = None  # file, unix:PATH or a socket path
     server_id: str | None = None  # NSID and CHAOS id.server (dns/identity.py); None: none
     log_format: str = "text"  # filterdns.logs.FORMATS; workers log the same way
     verbose: bool = False

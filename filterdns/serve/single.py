@@ -13,6 +13,7 @@ import random
 
 from filterdns.config.state import State
 from filterdns.dns.responder import Responder
+from filterdns.serve import tap
 from filterdns.serve.listeners import DnsListeners, bind_sockets, sockets_text
 from filterdns.serve.runtime import Runtime
 
@@ -26,6 +27,7 @@ class SingleProcess(Runtime):
         super().__init__(opts, metrics)
         self.dns: DnsListeners | None = None
         self.bound: list[tuple[str, int]] = []
+        self.tap = None
 
     @property
     def listeners_open(self) -> bool:
@@ -39,8 +41,9 @@ class SingleProcess(Runtime):
         o = self.opts
         socks = bind_sockets(o.listen)
         rng = random.Random(o.seed) if o.seed is not None else None
-        self.dns = DnsListeners(Responder(self.holder, self.inventory, self.metrics, rng=rng), self.metrics,
-                                o.tcp_limits(), o.rrl)
+        responder = Responder(self.holder, self.inventory, self.metrics, rng=rng)
+        responder.tap = self.tap = tap.build(self.holder, self.metrics, tap.options(o))
+        self.dns = DnsListeners(responder, self.metrics, o.tcp_limits(), o.rrl)
         await self.dns.open(socks)
         self.bound = [u.getsockname()[:2] for u, _t in socks]
         for u, t in socks:
@@ -49,3 +52,5 @@ class SingleProcess(Runtime):
     async def stop_dns(self) -> None:
         if self.dns is not None:
             await self.dns.close()
+        if self.tap is not None:
+            self.tap.close()  # flush what is queued; dnstap's STOP frame

@@ -34,6 +34,7 @@ import time
 from filterdns.config.state import State, digest, pack
 from filterdns.routing.inventory import dump_status
 from filterdns.serve import channel
+from filterdns.serve import tap
 from filterdns.serve.listeners import bind_sockets, sockets_text
 from filterdns.serve.runtime import Runtime
 
@@ -139,6 +140,7 @@ class Supervisor(Runtime):
             "sockets": [(u.fileno(), t.fileno()) for u, t in self.socks],
             "geo_fd": self.geo_fd, "geo_path": getattr(self.geo, "path", None),
             "log_format": o.log_format, "verbose": o.verbose, "server_id": o.server_id,
+            "tap": tap.options(o),
         }
         fds = (child.fileno(),) + tuple(fd for pair in args["sockets"] for fd in pair)
         if self.geo_fd is not None:

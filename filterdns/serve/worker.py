@@ -26,6 +26,7 @@ from filterdns.dns import identity
 from filterdns.dns.responder import Responder
 from filterdns.routing.inventory import Inventory, load_status
 from filterdns.serve import channel
+from filterdns.serve import tap
 from filterdns.serve.listeners import DnsListeners
 from filterdns.serve.runtime import install_loop_policy
 
@@ -92,8 +93,9 @@ class Worker:
         self.inventory = Inventory(status)
         # 2. listen, on the sockets the supervisor bound and passed down
         socks = [(socket.socket(fileno=u), socket.socket(fileno=t)) for u, t in self.args["sockets"]]
-        dns = DnsListeners(Responder(self.holder, self.inventory, self.metrics), self.metrics,
-                           self.args["tcp"], self.args["rrl"])
+        responder = Responder(self.holder, self.inventory, self.metrics)
+        responder.tap = qtap = tap.build(self.holder, self.metrics, self.args.get("tap"), worker=self.index)
+        dns = DnsListeners(responder, self.metrics, self.args["tcp"], self.args["rrl"])
         await dns.open(socks)
         st = self.holder.state
         log.debug("listening on %d inherited socket pair(s), generation %d", len(socks), st.generation)
@@ -111,6 +113,8 @@ class Worker:
         for t in tasks:
             t.cancel()
         await dns.close()
+        if qtap is not None:
+            qtap.close()
         return 0
 
     async def _push_metrics(self, writer) -> None:
