@@ -9,6 +9,9 @@ client /24s in ECS (drawn with a fixed seed from the embedded geo database, insi
 countries), each sent once ("first": every subnet new to the server) and then once more
 ("again"), on a freshly built state. Real resolver traffic looks like the second table.
 The socket-level comparison with gdnsd and PowerDNS is bench/run.py.
+
+``--query-log PATH [--query-log-sample P]`` and ``--dnstap PATH`` time the same with the query
+log or dnstap on (serve/tap.py), as ``filterdns serve`` would run it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,18 @@ def many_subnets(n: int, seed: int = 11) -> list[str]:
     return out
 
 
+TAP: dict | None = None  # serve.tap options from --query-log / --dnstap
+
+
+def _responder(state):
+    from filterdns.serve import tap
+
+    holder, m = StateHolder(state), Metrics()
+    r = Responder(holder, Inventory(), m)
+    r.tap = tap.build(holder, m, TAP)
+    return r
+
+
 def run_many(n: int) -> None:
     subnets = many_subnets(n)
     print(f"\n{n} distinct client /24s (ECS) in {', '.join(MANY_COUNTRIES)}, each sent once, then again")
@@ -86,7 +101,7 @@ def run_many(n: int) -> None:
             q.id = i & 0xFFFF
             wires.append(q.to_wire())
         state = build_state(ROOT / "zones", ROOT / "chains")
-        r = Responder(StateHolder(state), Inventory(), Metrics())
+        r = _responder(state)
         src = ("127.0.0.1", 1)
         r.respond(wires[0], src, "udp", 0)
         figures = []
@@ -103,9 +118,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30000, help="queries per case (default %(default)s)")
     ap.add_argument("--subnets", type=int, default=100_000,
                     help="distinct client /24s of the many-subnet case, 0 to skip (default %(default)s)")
+    ap.add_argument("--query-log", metavar="PATH", help="time with the query log on, written to PATH")
+    ap.add_argument("--query-log-sample", type=float, default=0.01, metavar="P")
+    ap.add_argument("--dnstap", metavar="PATH", help="time with dnstap on, written to PATH")
     args = ap.parse_args()
+    global TAP
+    if args.query_log or args.dnstap:
+        TAP = {"query_log": args.query_log, "sample": args.query_log_sample, "dnstap": args.dnstap,
+               "listen": [("127.0.0.1", 53)]}
     state = build_state(ROOT / "zones", ROOT / "chains")
-    r = Responder(StateHolder(state), Inventory(), Metrics())
+    r = _responder(state)
     print(f"{'name':28s} {'type':4s} {'ecs':4s} {'us/query':>9s}")
     for name, t, opts in CASES:
         w = dns.message.make_query(name, t, use_edns=0 if opts is not None else False,

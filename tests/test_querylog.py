@@ -84,7 +84,7 @@ def test_sampling_writes_about_that_share(tmp_path):
     qlog = tmp_path / "queries.jsonl"
     sp = start_server(tmp_path, "--query-log", str(qlog), "--query-log-sample", "0.25")
     try:
-        for i in range(400):
+        for _ in range(400):
             _ask(sp.port, "example.com.", "SOA")
         time.sleep(1.5)  # the writer thread wakes at least every 0.5 s
         n = len(qlog.read_text().splitlines()) if qlog.exists() else 0
@@ -130,7 +130,7 @@ def test_sink_drops_and_counts_when_the_writer_is_stuck():
     sink.put(b"first\n")
     assert entered.wait(10)  # the writer holds "first" and is stuck in write()
     t0 = time.perf_counter()
-    for i in range(25):
+    for _ in range(25):
         sink.put(b"x\n")
     put_seconds = time.perf_counter() - t0
     assert sink.dropped == 15  # 10 queued, the rest dropped: put never waits
@@ -151,7 +151,7 @@ def test_a_stuck_query_log_reader_costs_drops_not_answers(tmp_path):
     sp = start_server(tmp_path, "--query-log", str(fifo), "--query-log-sample", "1",
                       "--metrics", f"127.0.0.1:{mport}", env={"FILTERDNS_TEST_TAP_QUEUE": "50"})
     try:
-        for i in range(600):  # ~300 octets a line: 600 lines are well over a 64 KiB pipe + 50
+        for _ in range(600):  # ~300 octets a line: 600 lines are well over a 64 KiB pipe + 50
             assert _ask(sp.port, "example.com.", "SOA").answer
         text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
         dropped = float(re.search(r'filterdns_tap_dropped_total\{sink="query_log"\} (\S+)', text).group(1))

@@ -32,7 +32,13 @@ UDP, TCP = 1, 2
 _U32 = struct.Struct("!I")
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+_FIXED32 = struct.Struct("<I")
+
+
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -53,42 +59,57 @@ def _bytes(field: int, b: bytes) -> bytes:
     return _key(field, 2) + _varint(len(b)) + b
 
 
-def _fixed32(field: int, n: int) -> bytes:
-    return _key(field, 5) + struct.pack("<I", n)
+# keys of the Message fields written per query (field << 3 | wire type), made once
+_K_QSEC, _K_QNSEC, _K_QMSG = _key(8, 0), _key(9, 5), _key(10, 2)
+_K_RSEC, _K_RNSEC, _K_RMSG = _key(12, 0), _key(13, 5), _key(14, 2)
+_TYPE = {t: _uint(1, t) for t in (AUTH_QUERY, AUTH_RESPONSE)}
+_TAIL = _uint(15, DNSTAP_MESSAGE)
+_K_MESSAGE = _key(14, 2)
 
 
-def message(mtype: int, family: int, protocol: int, query_address: bytes, query_port: int,
-            response_address: bytes, response_port: int, query_time: float,
-            query_message: bytes | None = None, response_time: float | None = None,
-            response_message: bytes | None = None, query_zone: bytes | None = None) -> bytes:
-    """A dnstap ``Message`` (times in seconds since the epoch)."""
-    parts = [_uint(1, mtype), _uint(2, family), _uint(3, protocol),
-             _bytes(4, query_address), _bytes(5, response_address),
-             _uint(6, query_port), _uint(7, response_port)]
-    sec = int(query_time)
-    parts += [_uint(8, sec), _fixed32(9, int((query_time - sec) * 1e9) % 1_000_000_000)]
+def peer(family: int, protocol: int, query_address: bytes, query_port: int,
+         response_address: bytes, response_port: int) -> bytes:
+    """The socket fields of a ``Message`` (family, protocol, addresses, ports), encoded once
+    for the query and the response of one exchange."""
+    return b"".join((_uint(2, family), _uint(3, protocol), _bytes(4, query_address),
+                     _bytes(5, response_address), _uint(6, query_port), _uint(7, response_port)))
+
+
+def _time(ksec: bytes, knsec: bytes, t: float) -> bytes:
+    sec = int(t)
+    return ksec + _varint(sec) + knsec + _FIXED32.pack(int((t - sec) * 1e9) % 1_000_000_000)
+
+
+def message(mtype: int, peer_fields: bytes, query_time: float, query_message: bytes | None = None,
+            response_time: float | None = None, response_message: bytes | None = None,
+            query_zone: bytes | None = None) -> bytes:
+    """A dnstap ``Message`` (times in seconds since the epoch; ``peer_fields`` from ``peer``)."""
+    parts = [_TYPE.get(mtype) or _uint(1, mtype), peer_fields, _time(_K_QSEC, _K_QNSEC, query_time)]
     if query_message is not None:
-        parts.append(_bytes(10, query_message))
+        parts += (_K_QMSG, _varint(len(query_message)), query_message)
     if query_zone is not None:
         parts.append(_bytes(11, query_zone))
     if response_time is not None:
-        sec = int(response_time)
-        parts += [_uint(12, sec), _fixed32(13, int((response_time - sec) * 1e9) % 1_000_000_000)]
+        parts.append(_time(_K_RSEC, _K_RNSEC, response_time))
     if response_message is not None:
-        parts.append(_bytes(14, response_message))
+        parts += (_K_RMSG, _varint(len(response_message)), response_message)
     return b"".join(parts)
+
+
+def header(identity: bytes = b"", version: bytes = b"") -> bytes:
+    """The ``Dnstap`` fields before the message (identity, version), encoded once."""
+    return (_bytes(1, identity) if identity else b"") + (_bytes(2, version) if version else b"")
+
+
+def frame(head: bytes, msg: bytes) -> bytes:
+    """One data frame holding a ``Dnstap`` (``head`` from ``header``) around one ``Message``."""
+    n = len(head) + 1 + len(_varint(len(msg))) + len(msg) + len(_TAIL)
+    return b"".join((_U32.pack(n), head, _K_MESSAGE, _varint(len(msg)), msg, _TAIL))
 
 
 def dnstap(msg: bytes, identity: bytes = b"", version: bytes = b"") -> bytes:
     """The top-level ``Dnstap`` wrapping one ``Message``."""
-    out = []
-    if identity:
-        out.append(_bytes(1, identity))
-    if version:
-        out.append(_bytes(2, version))
-    out.append(_bytes(14, msg))
-    out.append(_uint(15, DNSTAP_MESSAGE))
-    return b"".join(out)
+    return header(identity, version) + _K_MESSAGE + _varint(len(msg)) + msg + _TAIL
 
 
 def data_frame(payload: bytes) -> bytes:

@@ -234,6 +234,8 @@ class Tap:
             if self._local[fam][1] == 0:
                 self._local[fam] = (host, port)
         self._version = version.encode()
+        self._head: bytes | None = None
+        self._head_id = b""
         self._regions_gen = -1
         self._regions: dict[bytes, str] = {}
 
@@ -298,15 +300,16 @@ class Tap:
             qaddr, raddr = socket.inet_pton(fam, host), socket.inet_pton(fam, lhost)
         except OSError:
             return
-        common = (dnstap.INET6 if v6 else dnstap.INET, dnstap.TCP if transport == "tcp" else dnstap.UDP,
-                  qaddr, src[1] if src else 0, raddr, lport)
-        ident = identity.SERVER_ID
+        pf = dnstap.peer(dnstap.INET6 if v6 else dnstap.INET, dnstap.TCP if transport == "tcp" else dnstap.UDP,
+                         qaddr, src[1] if src else 0, raddr, lport)
+        head = self._head
+        if head is None or identity.SERVER_ID != self._head_id:
+            self._head_id = identity.SERVER_ID
+            head = self._head = dnstap.header(identity.SERVER_ID, self._version)
         put = self.dnstap.put
-        put(dnstap.data_frame(dnstap.dnstap(
-            dnstap.message(dnstap.AUTH_QUERY, *common, qtime, query_message=data), ident, self._version)))
-        put(dnstap.data_frame(dnstap.dnstap(
-            dnstap.message(dnstap.AUTH_RESPONSE, *common, qtime, response_time=rtime, response_message=msg),
-            ident, self._version)))
+        put(dnstap.frame(head, dnstap.message(dnstap.AUTH_QUERY, pf, qtime, query_message=data)))
+        put(dnstap.frame(head, dnstap.message(dnstap.AUTH_RESPONSE, pf, qtime, response_time=rtime,
+                                              response_message=msg)))
 
     def close(self) -> None:
         for s in (self.query_log, self.dnstap):
