@@ -41,7 +41,7 @@ async def start(rt: Runtime) -> None:
         rt.render_metrics = merged_renderer(
             lambda: rt.holder.state, rt.inventory,
             lambda: merge([rt.metrics.snapshot(), *rt.worker_snapshots()]),
-            store=rt.controller.store)
+            store=rt.controller.store, processes=rt.processes)
     await wiring.start(rt)  # the control API answers (readyz: not yet) while DNS comes up
     await rt.start()
 

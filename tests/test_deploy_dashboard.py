@@ -72,7 +72,8 @@ def _traffic(port):
     for name, rdtype, kw in [("wss-primary.example.com.", "A", {"use_edns": 0, "options": ecs}),
                              ("wss-backup.example.com.", "AAAA", {"use_edns": 0, "options": ecs}),
                              ("api.example.com.", "A", {}), ("nope.example.com.", "A", {}),
-                             ("example.com.", "SOA", {}), ("example.org.", "A", {})]:
+                             ("example.com.", "SOA", {}), ("example.org.", "A", {}),
+                             ("example.com.", "DNSKEY", {"want_dnssec": True})]:
         dns.query.udp(dns.message.make_query(name, rdtype, **kw), "127.0.0.1", port=port, timeout=3)
     dns.query.tcp(dns.message.make_query("example.com.", "NS"), "127.0.0.1", port=port, timeout=3)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a malformed packet: counted
@@ -111,7 +112,8 @@ def prom(tmp_path_factory):
     try:
         _traffic(fd.port)
         for path, body in (("/regions/eu-central-1/drain", {"reason": "dashboard test"}),
-                           ("/regions/us-east-1/feed", {"service": "wss", "values": {"connections": 1234}})):
+                           ("/regions/us-east-1/feed", {"service": "wss", "values": {"connections": 1234, "requests": 50,
+                                                                            "loadavg": 0.7, "up": True}})):
             req = urllib.request.Request(f"http://127.0.0.1:{cport}{path}", method="POST",
                                          data=json.dumps(body).encode(),
                                          headers={"Authorization": f"Bearer {TOKEN}",

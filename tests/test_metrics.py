@@ -113,9 +113,14 @@ def test_region_gauges_from_state_and_inventory():
     assert s[S("filterdns_region_up", region="ams", service="api")] == 1
     assert s[S("filterdns_region_health", region="ams", service="wss", state="down")] == 1
     assert s[S("filterdns_region_health", region="ams", service="api", state="unknown")] == 1
-    assert s[S("filterdns_region_feed", region="ams", service="api", key="loadavg")] == 1.5
-    assert s[S("filterdns_region_feed", region="ams", service="api", key="up")] == 1
-    assert s[S("filterdns_region_feed", region="ams", service="", key="connections")] == 10
+    inv.feed("ams", "wss", {"requests": 250.0})
+    s = samples(m)
+    # one gauge per feed key, named with its unit
+    assert s[S("filterdns_region_feed_loadavg", region="ams", service="api")] == 1.5
+    assert s[S("filterdns_region_feed_up", region="ams", service="api")] == 1
+    assert s[S("filterdns_region_feed_connections", region="ams", service="")] == 10
+    assert s[S("filterdns_region_feed_requests_per_second", region="ams", service="wss")] == 250
+    assert not any(name == "filterdns_region_feed" for name, _ in s)
     assert s[S("filterdns_drains_orphaned")] == 1
     assert s[S("filterdns_inventory_generation")] == inv.status.generation
     assert not any(labels and dict(labels).get("region") == "gone" for _, labels in s)

@@ -113,7 +113,7 @@ class Responder:
             m.truncated()
         if q.do:
             m.do_query(transport)
-        m.query(transport, q.qtype, rcode, q.ecs is not None, _perf() - t0)
+        m.query(transport, q.qtype, rcode, q.ecs is not None, _perf() - t0, q, src, len(data), len(msg))
         if self.tap is not None:  # query log and dnstap (serve/tap.py); None when both are off
             self.tap(q, src, transport, data, msg, rcode, t0)
         return msg

@@ -18,6 +18,9 @@ takes no lock. (The machine is shared; figures varied by ~2x between runs, ratio
 Metric names (labels in braces; every label set is bounded by code or by config)::
 
     filterdns_queries_total{transport,qtype,rcode}       qtype lumped (see QTYPES), rcode by name
+    filterdns_requests_total{zone,proto,family}          zone: a served zone or "."; family 1 | 2
+    filterdns_request_size_bytes{proto}                  histogram of query sizes (octets)
+    filterdns_response_size_bytes{proto}                 histogram of response sizes (octets)
     filterdns_ecs_queries_total{transport}
     filterdns_ecs_formerr_total
     filterdns_request_duration_seconds{transport}        histogram of processing time
@@ -25,6 +28,7 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_truncated_total
     filterdns_servfail_exceptions_total                  SERVFAIL because of an exception
     filterdns_answers_total{record,region}               record: configured dynamic record
+    filterdns_answers_by_country_total{country,region}   client country (ISO code | unknown) -> region
     filterdns_filter_removed_total{filter}
     filterdns_tcp_connections                            gauge
     filterdns_tcp_refused_total
@@ -48,7 +52,10 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_region_state{region,service,state}         1 for the current state (region_state.REASONS)
     filterdns_region_drained{region,service}
     filterdns_region_health{region,service,state}        state: up | down | unknown (1 = current)
-    filterdns_region_feed{region,service,key}            service "" for region-level feed values
+    filterdns_region_feed_up{region,service}             one gauge per feed key (config/schema.py FEED),
+    filterdns_region_feed_connections{region,service}    named with its unit; service "" for region level
+    filterdns_region_feed_requests_per_second{region,service}
+    filterdns_region_feed_loadavg{region,service}
     filterdns_drains_orphaned                            drains of regions/services not in config
     filterdns_state_store_up{kind}                       kind: file | etcd; 0 = serving last known state
     filterdns_state_store_staleness_seconds              since the store was last current (0 when up)
@@ -56,6 +63,9 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_fleet_instances                            instances connected (etcd store)
     filterdns_drain_since_timestamp_seconds{region,service,cause}   when each drain began
     filterdns_build_info{version,python,implementation}  always 1
+    process_* (cpu, memory, fds, start time)             the whole server: workers added up
+    filterdns_process_cpu_seconds_total{process}         per process, with --workers N
+    filterdns_process_resident_memory_bytes{process}
     -- DNSSEC (dns/dnssec.py; zone: "example.com.") --
     filterdns_dnssec_do_queries_total{transport}          queries with the DO bit
     filterdns_dnssec_signatures_total{zone}               RRSIGs computed (ECDSA signing operations)
@@ -75,13 +85,16 @@ import math
 from bisect import bisect_left
 from typing import Any, Callable, Iterable, Mapping
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
 from prometheus_client.registry import Collector
+
+from filterdns.dns.responder import client_of
+from filterdns.dns.wire import name_to_text
 
 #: qtype number -> label; anything else is "other"
 QTYPES: Mapping[int, str] = {
@@ -100,6 +113,16 @@ MALFORMED_REASONS = frozenset({"short", "formerr", "qr_set", "other"})
 BUCKETS: tuple[float, ...] = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )
+#: upper bounds (octets) of the request and response size histograms (CoreDNS's)
+SIZE_BUCKETS: tuple[float, ...] = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16000, 32000,
+                                   48000, 64000)
+#: address family label values (CoreDNS: "1" IPv4, "2" IPv6)
+FAMILIES = ("1", "2")
+#: message size -> its bucket's index (a table look-up instead of a bisect per query)
+_SIZE_IDX = bytes(bisect_left(SIZE_BUCKETS, n) for n in range(65536))
+_LAST = len(SIZE_BUCKETS)
+ZONE_OTHER = "."  # the zone label of a name outside every served zone (REFUSED)
+_ZONE_CACHE_MAX = 10_000
 DRAIN_CAUSES = frozenset({"operator", "health"})
 #: why the server closed a TCP connection (serve/tcp.py)
 TCP_CLOSE_REASONS = frozenset({"idle", "read_deadline", "lifetime", "write_stall", "evicted",
@@ -144,6 +167,12 @@ class Metrics:
         self._tcp_closed: dict[str, int] = {}
         self._rrl: dict[tuple[str, str], int] = {}
         self._tap: dict[tuple[str, str], int] = {}  # (sink, "written" | "dropped")
+        # (zone, IPv6?, transport, request size bucket, response size bucket) -> count
+        self._combo: dict[tuple, int] = {}
+        self._size_sum: dict[str, list[int]] = {}  # transport -> [request octets, response octets]
+        self._zcache: dict[bytes, str] = {}
+        self._countries: dict[tuple[str, str], int] = {}  # (client country, region)
+        self._pending: tuple | None = None  # regions of the answer being counted
         self._scalars: dict[str, float] = {
             "ecs_formerr": 0, "truncated": 0, "servfail_exception": 0, "tcp_connections": 0,
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
@@ -152,6 +181,22 @@ class Metrics:
         # -- DNSSEC: the signers count into these dicts themselves (dnssec_counts) --------------
         self._do: dict[str, int] = {}
         self._dnssec: dict[str, dict[str, float]] = {}  # zone -> signatures, hits, misses, dnskey_expires
+
+    def track_zones(self, holder: Any) -> None:
+        """Label requests by the served zone of their name: zones from ``holder.state``,
+        looked up once per name and generation (``StateHolder.subscribe`` forgets them)."""
+        self._zholder = holder
+        self._zcache = {}
+        holder.subscribe(lambda old, new: self._zcache.clear())
+
+    def _zone(self, qname_lower: bytes) -> str:
+        holder = getattr(self, "_zholder", None)
+        zone = holder.state.zones.find(qname_lower) if holder is not None else None
+        label = ZONE_OTHER if zone is None else name_to_text(zone.origin.lower)
+        if len(self._zcache) >= _ZONE_CACHE_MAX:
+            self._zcache.clear()
+        self._zcache[qname_lower] = label
+        return label
 
     def bind(self, get_state: Callable[[], Any] | None, inventory: Any, store: Any = None) -> None:
         """Where scrape-time region gauges come from (config ``State``, ``Inventory`` and the
@@ -162,11 +207,32 @@ class Metrics:
             self._store = store
 
     # -- hot path (transports) -------------------------------------------------------------
-    def query(self, transport: str, qtype: int, rcode: int, ecs: bool, seconds: float) -> None:
-        """One answered query: its transport, qtype, rcode, ECS use and processing time."""
+    def query(self, transport: str, qtype: int, rcode: int, ecs: bool, seconds: float,
+              query: Any = None, src: Any = None, size_in: int = 0, size_out: int = 0) -> None:
+        """One answered query: its transport, qtype, rcode, ECS use and processing time; with
+        the parsed ``query``, its source and the sizes in and out also its zone, address
+        family and sizes."""
         key = (transport, QTYPES.get(qtype, "other"), RCODES.get(rcode, "other"))
         q = self._queries
         q[key] = q.get(key, 0) + 1
+        if self._pending is not None:
+            regions, self._pending = self._pending, None
+            if query is not None:
+                self._by_country(query, src, regions)
+        if query is not None:
+            # one increment of a combined key; ``snapshot`` splits it into requests by zone,
+            # family and transport and the two size histograms
+            qn = query.qname_lower
+            zone = self._zcache.get(qn) or self._zone(qn)
+            ckey = (zone, bool(src) and ":" in src[0], transport,
+                    _SIZE_IDX[size_in] if size_in < 65536 else _LAST, _SIZE_IDX[size_out] if size_out < 65536 else _LAST)
+            c = self._combo
+            c[ckey] = c.get(ckey, 0) + 1
+            ss = self._size_sum.get(transport)
+            if ss is None:
+                ss = self._size_sum[transport] = [0, 0]
+            ss[0] += size_in
+            ss[1] += size_out
         if ecs:
             self._ecs[transport] = self._ecs.get(transport, 0) + 1
         hist = self._hist.get(transport)
@@ -175,6 +241,19 @@ class Metrics:
             self._hist_sum[transport] = 0.0
         hist[bisect_left(BUCKETS, seconds)] += 1
         self._hist_sum[transport] += seconds
+
+    def _by_country(self, query: Any, src: Any, regions: tuple[str, ...]) -> None:
+        """Count a dynamic answer by the client's country (the ECS subnet's, else the
+        resolver's; the geo database's cached look-up, the one routing made) and region."""
+        holder = getattr(self, "_zholder", None)
+        geo = getattr(holder.state, "geo", None) if holder is not None else None
+        country = "unknown"
+        if geo is not None:
+            country = geo.locate(client_of(query, src)).country or "unknown"
+        c = self._countries
+        for region in regions or ("none",):
+            key = (country, region)
+            c[key] = c.get(key, 0) + 1
 
     def malformed(self, transport: str, reason: str) -> None:
         """A packet that got no normal answer; reason in ``MALFORMED_REASONS``."""
@@ -192,7 +271,9 @@ class Metrics:
         self._scalars["servfail_exception"] += 1
 
     def answer(self, record: str, regions: tuple[str, ...]) -> None:
-        """One answer for a configured dynamic record, by region ("none" when empty)."""
+        """One answer for a configured dynamic record, by region ("none" when empty). The
+        ``query`` call that follows for the same query counts it by client country too."""
+        self._pending = regions
         a = self._answers
         if not regions:
             _add(a, (record, "none"))
@@ -290,10 +371,30 @@ class Metrics:
             "tcp_closed": dict(self._tcp_closed),
             "rrl": dict(self._rrl),
             "tap": dict(self._tap),
+            **self._split_combo(),
+            "countries": dict(self._countries),
             "scalars": dict(self._scalars),
             "do": dict(self._do),
             "dnssec": {(z, k): v for z, c in self._dnssec.items() for k, v in c.items()},
         }
+
+    def _split_combo(self) -> dict:
+        requests: dict = {}
+        sizes: dict = {}
+        n = len(SIZE_BUCKETS) + 1
+        for (zone, v6, transport, b_in, b_out), count in list(self._combo.items()):
+            k = (zone, "2" if v6 else "1", transport)
+            requests[k] = requests.get(k, 0) + count
+            for kind, b in (("request", b_in), ("response", b_out)):
+                h = sizes.get((kind, transport))
+                if h is None:
+                    h = sizes[(kind, transport)] = [0] * n
+                h[b] += count
+        sums = {}
+        for transport, (a, b) in list(self._size_sum.items()):
+            sums[("request", transport)] = a
+            sums[("response", transport)] = b
+        return {"requests": requests, "sizes": sizes, "size_sum": sums}
 
     def render(self) -> bytes:
         """Text exposition of this instance's registry."""
@@ -317,7 +418,7 @@ def merge(snapshots: Iterable[dict]) -> dict:
         for name, value in snap.items():
             acc = out.setdefault(name, {})
             for k, v in value.items():
-                if name == "hist":
+                if isinstance(v, list):  # histogram buckets: added bucket by bucket
                     cur = acc.get(k)
                     acc[k] = list(v) if cur is None else [a + b for a, b in zip(cur, v, strict=True)]
                 elif name == "scalars" and k in _MAX_SCALARS:
@@ -328,6 +429,17 @@ def merge(snapshots: Iterable[dict]) -> dict:
                     acc[k] = max(acc.get(k, 0), v)
                 else:
                     acc[k] = acc.get(k, 0) + v
+    return out
+
+
+def _buckets(bounds: tuple, counts: list[int]) -> list[tuple[str, int]]:
+    """Cumulative (le, count) pairs from per-bucket counts (the last one is +Inf)."""
+    cum, out = 0, []
+    for bound, c in zip(bounds, counts[:-1], strict=True):
+        cum += c
+        out.append((repr(float(bound)) if isinstance(bound, float) else str(float(bound)), cum))
+    cum += counts[-1]
+    out.append(("+Inf", cum))
     return out
 
 
@@ -363,14 +475,19 @@ class _Collector(Collector):
                                   "Processing time from parsed query to rendered answer.",
                                   labels=["transport"])
         for t, counts in sorted(s["hist"].items()):
-            cum, buckets = 0, []
-            for bound, c in zip(BUCKETS, counts[:-1], strict=True):
-                cum += c
-                buckets.append((repr(bound), cum))
-            cum += counts[-1]
-            buckets.append(("+Inf", cum))
-            h.add_metric([t], buckets, s["hist_sum"].get(t, 0.0))
+            h.add_metric([t], _buckets(BUCKETS, counts), s["hist_sum"].get(t, 0.0))
         yield h
+
+        yield _counter("filterdns_requests", "Queries answered, by served zone (\".\" for none), "
+                       "address family (1 IPv4, 2 IPv6) and transport.", ["zone", "family", "proto"],
+                       s.get("requests", {}))
+        for kind in ("request", "response"):
+            h = HistogramMetricFamily(f"filterdns_{kind}_size_bytes", f"Size of the {kind}s in octets "
+                                      "(DNS message, without the TCP length), by transport.", labels=["proto"])
+            for (k, t), counts in sorted(s.get("sizes", {}).items()):
+                if k == kind:
+                    h.add_metric([t], _buckets(SIZE_BUCKETS, counts), s["size_sum"].get((k, t), 0))
+            yield h
 
         yield _counter("filterdns_malformed", "Packets that could not be answered normally.", ["transport", "reason"], s["malformed"])
 
@@ -381,6 +498,10 @@ class _Collector(Collector):
                                   value=sc["servfail_exception"])
 
         yield _counter("filterdns_answers", "Answers for dynamic records, by record and region.", ["record", "region"], s["answers"])
+
+        yield _counter("filterdns_answers_by_country", "Answers for dynamic records, by the client's "
+                       "country (ECS subnet, else resolver; ISO code or unknown) and region.",
+                       ["country", "region"], s.get("countries", {}))
 
         yield _counter("filterdns_filter_removed", "Candidate answers removed, by filter.", ["filter"], s["removed"])
 
@@ -510,9 +631,8 @@ class _Collector(Collector):
         health = GaugeMetricFamily("filterdns_region_health",
                                    "Health-check state of a region's service (1 for the current state).",
                                    labels=["region", "service", "state"])
-        feed = GaugeMetricFamily("filterdns_region_feed",
-                                 "Data-feed values (service \"\" for region level; up as 0/1).",
-                                 labels=["region", "service", "key"])
+        feeds = {key: GaugeMetricFamily(name, doc, labels=["region", "service"])
+                 for key, (name, doc) in feed_metrics().items()}
         regions = getattr(state, "regions", None) or {}
         snap = snapshot(state, status)
         known: set = set()
@@ -536,15 +656,16 @@ class _Collector(Collector):
             if (rname, sname) not in known:
                 continue  # region/service no longer configured: reported as orphaned elsewhere
             for key, v in sorted(values.items()):
-                if isinstance(v, (bool, int, float)) and math.isfinite(float(v)):
-                    feed.add_metric([rname, sname or "", key], float(v))
+                fam = feeds.get(key)
+                if fam is not None and isinstance(v, (bool, int, float)) and math.isfinite(float(v)):
+                    fam.add_metric([rname, sname or ""], float(v))
         yield serving
         yield up
         yield held
         yield rstate
         yield drained
         yield health
-        yield feed
+        yield from feeds.values()
         since = GaugeMetricFamily("filterdns_drain_since_timestamp_seconds",
                                   "Unix time a drain began (service \"\" for a whole region), by cause.",
                                   labels=["region", "service", "cause"])
@@ -556,6 +677,87 @@ class _Collector(Collector):
         yield GaugeMetricFamily("filterdns_drains_orphaned",
                                 "Drains whose region or service is no longer in the config.",
                                 value=orphans)
+
+
+def feed_metrics() -> dict[str, tuple[str, str]]:
+    """Feed key -> (gauge name, help), one gauge per key of the schema's FEED table, named
+    with its unit (``requests`` is a rate: ``filterdns_region_feed_requests_per_second``)."""
+    from filterdns.config.schema import FEED
+
+    out = {}
+    for key, f in FEED.items():
+        unit = getattr(f, "unit", None) or ""
+        suffix = "_per_second" if unit == "per second" else ""
+        what = "1 up, 0 down" if key == "up" else (f"{unit}" if unit else "")
+        doc = f"Data-feed value {key}: {f.doc}" + (f" ({what})" if what else "") + \
+            " (service \"\" for the region level)."
+        out[key] = (f"filterdns_region_feed_{key}{suffix}", doc)
+    return out
+
+
+class _Processes(Collector):
+    """``process_*`` of the whole server: one process, or the supervisor and its workers
+    added up (CPU, memory and open files summed; start time the earliest; the file limit the
+    lowest), plus ``filterdns_process_cpu_seconds_total{process}`` and
+    ``filterdns_process_resident_memory_bytes{process}`` for each when there are several.
+    CPU of workers that exited stays counted, so the sum never goes back."""
+
+    SUM = ("process_cpu_seconds_total", "process_resident_memory_bytes",
+           "process_virtual_memory_bytes", "process_open_fds")
+
+    def __init__(self, pids: Callable[[], list[tuple[str, Any]]]):
+        self._pids = pids  # () -> [(process label, pid or "self")]
+        self._last_cpu: dict[Any, float] = {}
+        self._gone_cpu = 0.0
+
+    def collect(self):
+        procs = self._pids()
+        per: dict[str, dict[str, float]] = {}
+        for label, pid in procs:
+            values = {}
+            for fam in ProcessCollector(pid=lambda p=pid: p, registry=None).collect():
+                for smp in fam.samples:
+                    values[smp.name] = smp.value
+            if values:
+                per[label] = values
+        live = {pid for _, pid in procs}
+        for pid in [p for p in self._last_cpu if p not in live]:
+            self._gone_cpu += self._last_cpu.pop(pid)
+        for label, pid in procs:
+            if label in per and "process_cpu_seconds_total" in per[label]:
+                self._last_cpu[pid] = per[label]["process_cpu_seconds_total"]
+        if not per:
+            return
+        docs = {
+            "process_cpu_seconds_total": (CounterMetricFamily, "Total user and system CPU time spent in seconds."),
+            "process_resident_memory_bytes": (GaugeMetricFamily, "Resident memory size in bytes."),
+            "process_virtual_memory_bytes": (GaugeMetricFamily, "Virtual memory size in bytes."),
+            "process_open_fds": (GaugeMetricFamily, "Number of open file descriptors."),
+            "process_max_fds": (GaugeMetricFamily, "Maximum number of open file descriptors."),
+            "process_start_time_seconds": (GaugeMetricFamily, "Start time of the process since unix epoch in seconds."),
+        }
+        for name, (cls, doc) in docs.items():
+            vals = [v[name] for v in per.values() if name in v]
+            if not vals:
+                continue
+            if name in self.SUM:
+                total = sum(vals) + (self._gone_cpu if name == "process_cpu_seconds_total" else 0.0)
+            else:
+                total = min(vals)
+            base = name[:-len("_total")] if cls is CounterMetricFamily else name
+            yield cls(base, doc, value=total)
+        if len(procs) > 1:
+            cpu = CounterMetricFamily("filterdns_process_cpu_seconds", "CPU seconds of each process "
+                                      "of the server (supervisor, worker-N).", labels=["process"])
+            rss = GaugeMetricFamily("filterdns_process_resident_memory_bytes", "Resident memory of "
+                                    "each process of the server.", labels=["process"])
+            for label, v in per.items():
+                if "process_cpu_seconds_total" in v:
+                    cpu.add_metric([label], v["process_cpu_seconds_total"])
+                if "process_resident_memory_bytes" in v:
+                    rss.add_metric([label], v["process_resident_memory_bytes"])
+            yield cpu
+            yield rss
 
 
 def _build_info() -> GaugeMetricFamily:
@@ -570,6 +772,7 @@ def _build_info() -> GaugeMetricFamily:
 
 
 metrics = Metrics()
+metrics.registry.register(_Processes(lambda: [("server", "self")]))
 
 
 def _labelled(name: str, doc: str, label: str, value_label: str, value: float) -> GaugeMetricFamily:
@@ -579,13 +782,17 @@ def _labelled(name: str, doc: str, label: str, value_label: str, value: float) -
 
 
 def merged_renderer(get_state: Callable[[], Any], inventory: Any,
-                    snapshot_fn: Callable[[], dict], store: Any = None) -> Callable[[], bytes]:
+                    snapshot_fn: Callable[[], dict], store: Any = None,
+                    processes: Callable[[], list[tuple[str, Any]]] | None = None) -> Callable[[], bytes]:
     """A /metrics renderer for counters gathered elsewhere (the sum of worker processes'
-    snapshots), with the per-region gauges read from ``get_state`` and ``inventory``."""
+    snapshots), with the per-region gauges read from ``get_state`` and ``inventory`` and the
+    process metrics of ``processes()`` ([(label, pid)], see ``_Processes``)."""
     gauges = Metrics()
     gauges.bind(get_state, inventory, store=store)
     registry = CollectorRegistry()
     registry.register(_Collector(gauges, snapshot_fn=snapshot_fn))
+    if processes is not None:
+        registry.register(_Processes(processes))
     return lambda: generate_latest(registry)
 
 

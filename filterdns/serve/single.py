@@ -42,6 +42,7 @@ class SingleProcess(Runtime):
         socks = bind_sockets(o.listen)
         rng = random.Random(o.seed) if o.seed is not None else None
         responder = Responder(self.holder, self.inventory, self.metrics, rng=rng)
+        self.metrics.track_zones(self.holder)  # requests by zone
         responder.tap = self.tap = tap.build(self.holder, self.metrics, tap.options(o))
         self.dns = DnsListeners(responder, self.metrics, o.tcp_limits(), o.rrl)
         await self.dns.open(socks)

@@ -119,6 +119,14 @@ class Supervisor(Runtime):
     def listeners_open(self) -> bool:
         return all(w.ready.is_set() for w in self.workers)
 
+    def processes(self) -> list[tuple[str, object]]:
+        """(label, pid) of every process of the server, for the process metrics."""
+        out: list[tuple[str, object]] = [("supervisor", "self")]
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                out.append((f"worker-{w.index}", w.proc.pid))
+        return out
+
     # ---------------------------------------------------------------- lifecycle
     async def start_dns(self, timeout: float = 20.0) -> None:
         self.socks = bind_sockets(self.opts.listen)

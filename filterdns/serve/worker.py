@@ -94,6 +94,7 @@ class Worker:
         # 2. listen, on the sockets the supervisor bound and passed down
         socks = [(socket.socket(fileno=u), socket.socket(fileno=t)) for u, t in self.args["sockets"]]
         responder = Responder(self.holder, self.inventory, self.metrics)
+        self.metrics.track_zones(self.holder)  # requests by zone
         responder.tap = qtap = tap.build(self.holder, self.metrics, self.args.get("tap"), worker=self.index)
         dns = DnsListeners(responder, self.metrics, self.args["tcp"], self.args["rrl"])
         await dns.open(socks)
