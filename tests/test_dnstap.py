@@ -139,8 +139,9 @@ class Collector:
     """A dnstap collector on a Unix socket (the bidirectional Frame Streams handshake); writes
     what it receives as a Frame Streams file for dnstap-read."""
 
-    def __init__(self, path, out):
+    def __init__(self, path, out, hang_up_after=None):
         self.path, self.out = str(path), out
+        self.hang_up_after = hang_up_after  # data frames, then close without FINISH
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(self.path)
         self.srv.listen(4)
@@ -166,6 +167,8 @@ class Collector:
                 (n,) = struct.unpack("!I", self._recv(c, 4))
                 if n:
                     self.frames.append(self._recv(c, n))
+                    if self.hang_up_after is not None and len(self.frames) >= self.hang_up_after:
+                        break
                     continue
                 (clen,) = struct.unpack("!I", self._recv(c, 4))
                 body = self._recv(c, clen)
@@ -219,3 +222,27 @@ def test_each_worker_writes_its_own_file(tmp_path):
         _wait_file(tmp_path / f"w.dnstap.{i}")
         total += _read(tmp_path / f"w.dnstap.{i}").count(" AQ ")
     assert total >= 40 and not tap.exists()
+
+
+@pytest.mark.e2e
+def test_dnstap_reconnects_when_the_collector_comes_back(tmp_path):
+    sock = tmp_path / "dnstap.sock"
+    first = Collector(sock, tmp_path / "first.dnstap", hang_up_after=2)
+    sp = start_server(tmp_path, "--dnstap", f"unix:{sock}")
+    try:
+        first.thread.join(20)  # it hung up after the start-up probe's query and response
+        assert len(first.frames) == 2
+        first.srv.close()
+        sock.unlink()
+        second = Collector(sock, tmp_path / "second.dnstap")
+        t0 = time.monotonic()
+        while not second.frames:  # the server notices on a write, then retries every 2 s
+            _query(sp.port, "example.com.", "SOA", free_port())
+            assert time.monotonic() - t0 < 30, sp.log()
+            time.sleep(0.2)
+        assert "dnstap: connected again" in sp.log()
+    finally:
+        sp.stop()
+    second.thread.join(20)
+    assert second.events == [dnstap.READY, dnstap.START, dnstap.STOP]
+    assert " AQ 127.0.0.1:" in _read(tmp_path / "second.dnstap")

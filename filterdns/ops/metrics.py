@@ -307,9 +307,10 @@ class Metrics:
         """``n`` entries written by the query log or dnstap (serve/tap.py; its writer thread)."""
         _add(self._tap, (sink, "written"), n)
 
-    def tap_dropped(self, sink: str) -> None:
-        """One entry dropped because the sink's queue was full (the disk or reader too slow)."""
-        _add(self._tap, (sink, "dropped"))
+    def tap_dropped(self, sink: str, n: int = 1) -> None:
+        """Entries dropped because the sink's queue was full (the disk or reader too slow) or
+        its collector was away."""
+        _add(self._tap, (sink, "dropped"), n)
 
     def rrl_buckets(self, n: int) -> None:
         self._scalars["rrl_buckets"] = n

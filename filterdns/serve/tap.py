@@ -49,6 +49,7 @@ log = logging.getLogger("filterdns.tap")
 #: entries waiting per sink; beyond, new ones are dropped and counted (FILTERDNS_TEST_TAP_QUEUE
 #: sets a smaller one, for the tests of a slow sink)
 QUEUE_MAX = int(os.environ.get("FILTERDNS_TEST_TAP_QUEUE") or 10_000)
+RETRY_SECONDS = 2.0  # a dnstap collector's socket is tried again this often
 _perf = time.perf_counter
 _HDR = struct.Struct("!6H")
 _RR = struct.Struct("!HHIH")
@@ -59,13 +60,14 @@ class Sink:
     """A bounded queue drained by one thread into a file or socket. ``put`` never blocks."""
 
     def __init__(self, name: str, opener, metrics, header: bytes = b"", footer: bytes = b"",
-                 capacity: int = QUEUE_MAX):
+                 capacity: int = QUEUE_MAX, retry: bool = False):
         self.name = name
         self._open = opener  # () -> object with write(bytes), flush(), close(); may block
         self._metrics = metrics
         self._header = header
         self._footer = footer
         self.capacity = capacity
+        self.retry = retry  # reopen after an error (a collector's socket), else give up
         self._q: collections.deque = collections.deque()
         self._wake = threading.Event()
         self._closing = False
@@ -85,9 +87,37 @@ class Sink:
             self._wake.set()
 
     def _run(self) -> None:
-        out = None
+        self._lost = False
+        while True:
+            try:
+                self._serve()
+                return
+            except Exception as e:  # noqa: BLE001 - the sink is lost; the server keeps answering
+                if not self.retry or self._closing:
+                    log.error("%s: %s: writing stopped; further entries are dropped", self.name, e)
+                    self.capacity = 0
+                    return
+                if not self._lost:  # a collector that went away: dropped until it is back
+                    log.error("%s: %s; trying again every %.0f s, dropping entries meanwhile",
+                              self.name, e, RETRY_SECONDS)
+                    self._lost = True
+                stale = len(self._q)
+                self._q.clear()
+                if stale:
+                    self.dropped += stale
+                    self._metrics.tap_dropped(self.name, stale)
+                deadline = time.monotonic() + RETRY_SECONDS
+                while not self._closing and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if self._closing:
+                    return
+
+    def _serve(self) -> None:
+        out = self._open()
+        if self._lost:
+            log.info("%s: connected again", self.name)
+            self._lost = False
         try:
-            out = self._open()
             if self._header:
                 out.write(self._header)
                 out.flush()
@@ -108,15 +138,11 @@ class Sink:
             if self._footer:
                 out.write(self._footer)
                 out.flush()
-        except Exception as e:  # noqa: BLE001 - the sink is lost; the server keeps answering
-            log.error("%s: %s: writing stopped; further entries are dropped", self.name, e)
-            self.capacity = 0
         finally:
-            if out is not None:
-                try:
-                    out.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            try:
+                out.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     def close(self, timeout: float = 2.0) -> None:
         self._closing = True
@@ -227,7 +253,8 @@ class Tap:
             else:
                 opener = lambda: open(target, "wb")  # noqa: E731
                 header, footer = dnstap.control_frame(dnstap.START), dnstap.control_frame(dnstap.STOP, None)
-            self.dnstap = Sink("dnstap", opener, metrics, header=header, footer=footer)
+            self.dnstap = Sink("dnstap", opener, metrics, header=header, footer=footer,
+                               retry=kind == "socket")
         self._local = {4: ("0.0.0.0", 0), 6: ("::", 0)}
         for host, port in listen:  # the response address: the first listener of the family
             fam = 6 if ":" in host else 4
