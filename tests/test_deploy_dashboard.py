@@ -59,12 +59,18 @@ def fill(expr: str) -> str:
 
 
 def api(port, path, **params):
+    """A Prometheus HTTP API call; a 503 (Prometheus still starting: "Service Unavailable", not
+    JSON) is retried for up to 60 s, every other error body is returned as Prometheus wrote it."""
     url = f"http://127.0.0.1:{port}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return json.loads(e.read())
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or time.monotonic() > deadline:
+                return json.loads(e.read())
+        time.sleep(0.5)
 
 
 def _traffic(port):
