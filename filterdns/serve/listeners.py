@@ -13,9 +13,10 @@ import errno
 import logging
 import socket
 
+from filterdns.serve import gctune
 from filterdns.serve.address import format_hostport
 from filterdns.serve.tcp import TcpProtocol, TcpServerState
-from filterdns.serve.udp import UdpProtocol
+from filterdns.serve.udp import open_udp
 
 log = logging.getLogger("filterdns")
 
@@ -97,20 +98,33 @@ class DnsListeners:
         self.transports: list = []
         self.servers: list = []
         self.is_open = False
+        self._gc_task: asyncio.Task | None = None
 
     async def open(self, socks: list[tuple[socket.socket, socket.socket]]) -> None:
         loop = asyncio.get_running_loop()
         for usock, tsock in socks:
             usock.setblocking(False)
             tsock.setblocking(False)
-            tr, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.responder), sock=usock)
-            self.transports.append(tr)
+            self.transports.append(await open_udp(usock, self.responder))
             srv = await loop.create_server(lambda: TcpProtocol(self.tcp_state), sock=tsock, backlog=1024)
             self.servers.append(srv)
         self.is_open = True
+        if gctune.tune():  # the config is loaded: freeze it (serve/gctune.py)
+            self._gc_task = asyncio.create_task(self._refreeze_on_reload())
+
+    async def _refreeze_on_reload(self, interval: float = 5.0) -> None:
+        holder = getattr(self.responder, "holder", None)
+        gen = holder.state.generation if holder is not None else None
+        while holder is not None:
+            await asyncio.sleep(interval)
+            if holder.state.generation != gen:
+                gen = holder.state.generation
+                gctune.refreeze()
 
     async def close(self) -> None:
         self.is_open = False
+        if self._gc_task is not None:
+            self._gc_task.cancel()
         for tr in self.transports:
             tr.close()
         for srv in self.servers:
