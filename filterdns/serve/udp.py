@@ -144,7 +144,11 @@ async def open_udp(sock, responder, metrics=None):
     else the event loop's datagram transport with UdpProtocol. Returns an object with close()."""
     loop = asyncio.get_running_loop()
     sock.setblocking(False)
+    where = sock.getsockname()[:2]
     if mode() == "batched":
+        log.info("udp %s:%d: batched (recvmmsg/sendmmsg, up to %d queries per call)", *where, BATCH)
         return BatchedUdp(sock, responder, metrics, loop)
+    why = "FILTERDNS_UDP_PLAIN is set" if _mmsg is not None else "the native _mmsg module is not built"
+    log.info("udp %s:%d: plain (one sendto per query; %s)", *where, why)
     tr, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(responder), sock=sock)
     return tr
