@@ -60,9 +60,11 @@ _venv.ensure()  # plain `python3 bench/...` re-runs itself with the project's .v
 
 import yaml  # noqa: E402
 
+import mix  # noqa: E402  (bench/mix.py: the many-subnet query mix)
+
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-PORTS = {"filterdns": 5400, "gdnsd": 5401, "pdns": 5403}
+PORTS = {"filterdns": 5400, "gdnsd": 5401, "pdns": 5403, "bundled": 5404}  # moved by --port-base
 LABELS = {"filterdns": "filterdns", "gdnsd": "gdnsd", "pdns": "PowerDNS"}
 SERVERS = ("filterdns", "gdnsd", "pdns")
 CHECK_SUBNETS = ("81.2.69.0/24", "133.242.0.0/24")  # a GB and a JP client, as references.sh checks
@@ -70,6 +72,11 @@ DNSPERF_FLAGS = ("-c", "4", "-q", "100", "-t", "2", "-B")
 P99_SECONDS = 3          # the -v run that yields per-query latencies (dnsperf 2.10 has no histogram)
 SOAK_SAMPLE_S = 10
 TARGETS = {"vs_pdns": 3.0, "vs_gdnsd": 0.6, "half_p99_ms": 2.0, "rss_mb_per_worker": 150.0}
+# issue 11, on the many-subnet mix: CPU per query near gdnsd's, q/s, the seed's chains, half rate
+TARGETS11 = {"cpu_vs_gdnsd": 1.5, "many_vs_pdns": 3.0, "many_vs_gdnsd": 0.8, "chains_vs_deterministic": 1.3,
+             "half_p99_ms": 1.0, "soak_growth_mb": 10.0}
+VERIFY_SAMPLE = 1500     # many-subnet queries compared with gdnsd (and policy.py) before measuring
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
@@ -324,6 +331,16 @@ def verify(policy, blob: Path, servers: list[str]) -> dict:
     for t in ("A", "AAAA"):  # 127.0.0.1 without ECS: the default region
         rows.append((f"no-ECS(127.0.0.1) {name} {t}", build_query(name, 1 if t == "A" else 28),
                      expected_answers(policy, None, "wss-primary", t)))
+    diffs = compare(rows, servers)
+    status(f"compared {len(rows)} queries ({len(rows) - 2} of the blob + 2 without ECS) on "
+           f"{', '.join(LABELS[s] for s in servers)}: {len(diffs)} difference(s)")
+    fail_on_differences(problems, diffs)
+    return {"queries": len(rows), "servers": servers, "differences": 0}
+
+
+def compare(rows, servers: list[str]) -> list[tuple]:
+    """Send every (label, query, expected answers) row to every server: the differences from
+    policy.py or from gdnsd, as (label, server, answer, expected)."""
     diffs = []
     for label, msg, want in rows:
         got = {s: ask(PORTS[s], msg) for s in servers}
@@ -332,8 +349,10 @@ def verify(policy, blob: Path, servers: list[str]) -> dict:
             rcode, addrs = got[s]
             if rcode != "NOERROR" or addrs != want or (ref is not None and (rcode, addrs) != ref):
                 diffs.append((label, s, f"{rcode} {' '.join(addrs) or '-'}", " ".join(want)))
-    status(f"compared {len(rows)} queries ({len(rows) - 2} of the blob + 2 without ECS) on "
-           f"{', '.join(LABELS[s] for s in servers)}: {len(diffs)} difference(s)")
+    return diffs
+
+
+def fail_on_differences(problems: list[str], diffs: list[tuple]) -> None:
     if problems or diffs:
         lines = problems[:]
         if diffs:
@@ -343,7 +362,24 @@ def verify(policy, blob: Path, servers: list[str]) -> dict:
             if len(diffs) > 120:
                 lines.append(f"... and {len(diffs) - 120} more")
         raise BenchError("the servers do not answer the same policy:\n  " + "\n  ".join(lines))
-    return {"queries": len(rows), "servers": servers, "differences": 0}
+
+
+def verify_many(policy, queries: list[tuple], servers: list[str], sample: int = VERIFY_SAMPLE) -> dict:
+    """A fixed-seed sample of the many-subnet mix (with and without ECS, A and AAAA) on every
+    server, each answer compared with gdnsd's and with policy.py."""
+    rng = random.Random(mix.MIX_SEED)
+    picked = rng.sample(queries, min(sample, len(queries)))
+    rows = []
+    for wire, cc, subnet, name, t in picked:
+        region = policy.COUNTRY_REGION.get(cc, policy.DEFAULT_REGION)
+        a4, a6 = policy.addresses(region, name)
+        rows.append((f"{subnet or 'no-ECS'} {name} {t}", wire, [a4 if t == "A" else a6]))
+    diffs = compare(rows, servers)
+    n_ecs = sum(1 for q in picked if q[2] is not None)
+    status(f"many-subnet mix: compared a sample of {len(rows)} queries ({n_ecs} with ECS, "
+           f"{len(rows) - n_ecs} without) on {', '.join(LABELS[s] for s in servers)}: {len(diffs)} difference(s)")
+    fail_on_differences([], diffs)
+    return {"queries": len(rows), "with_ecs": n_ecs, "servers": servers, "differences": 0}
 
 
 # -- processes: identity, trees, memory -----------------------------------------------------------
@@ -396,6 +432,19 @@ def peak_rss_mb(pid: int) -> tuple[float, int, float]:
     """(sum of VmHWM over the process tree in MB, number of processes, largest VmHWM in MB)."""
     kb = [proc_kb(p, "VmHWM") for p in tree(pid)]
     return sum(kb) / 1024, len(kb), max(kb, default=0) / 1024
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime (clock ticks) of pid and its descendants, every thread included."""
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue  # a process that just exited: its time is lost with it (a worker restart)
+    return total
 
 
 def alive(pid: int, st: str | None) -> bool:
@@ -451,11 +500,16 @@ class References:
 class Filterdns:
     """filterdns started from this repository; stopped by its PID (and its recorded children)."""
 
-    def __init__(self, workdir: Path, zones: Path, chains: Path, mmdb: str, workers: int | None):
+    def __init__(self, workdir: Path, zones: Path, chains: Path, mmdb: str | None, workers: int | None,
+                 name: str = "filterdns", state: dict | None = None):
+        """``mmdb`` None: the embedded geo database; ``state``: a state.json (drains, feeds) to
+        start with; ``name``: its key in PORTS and the name of its log."""
         self.workdir, self.zones, self.chains, self.mmdb, self.workers = workdir, zones, chains, mmdb, workers
+        self.name, self.state = name, state
+        self.port = PORTS[name]
         self.proc: subprocess.Popen | None = None
         self.st: str | None = None
-        self.log = workdir / "filterdns.log"
+        self.log = workdir / f"{name}.log"
         self.notes: list[str] = []
 
     def _cmd(self, *args: str) -> list[str]:
@@ -467,8 +521,8 @@ class Filterdns:
         return env
 
     def check(self) -> str:
-        p = subprocess.run(self._cmd("check", "--zones", str(self.zones), "--chains", str(self.chains),
-                                     "--geoip", self.mmdb),
+        geo = ["--geoip", self.mmdb] if self.mmdb else []
+        p = subprocess.run(self._cmd("check", "--zones", str(self.zones), "--chains", str(self.chains), *geo),
                            cwd=REPO, env=self._env(), capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             raise BenchError(f"filterdns check rejected the bench config (exit {p.returncode}):\n"
@@ -476,14 +530,19 @@ class Filterdns:
         return (p.stdout.strip().splitlines() or [""])[-1]
 
     def start(self) -> None:
-        port = PORTS["filterdns"]
+        port = self.port
         if not port_free(port):
             raise BenchError(f"{HOST}:{port} is in use; stop that server first")
         helptext = subprocess.run(self._cmd("serve", "--help"), cwd=REPO, env=self._env(),
                                   capture_output=True, text=True, timeout=30).stdout
-        args = ["serve", "--zones", str(self.zones), "--chains", str(self.chains), "--geoip", self.mmdb,
+        args = ["serve", "--zones", str(self.zones), "--chains", str(self.chains),
+                *(["--geoip", self.mmdb] if self.mmdb else []),
                 "--listen", f"{HOST}:{port}", "--metrics", "off", "--control", "off"]
-        for flag, extra in (("--state-dir", [str(self.workdir / "state")]), ("--no-watch", []),
+        state_dir = self.workdir / f"state-{self.name}"
+        if self.state is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            (state_dir / "state.json").write_text(json.dumps(self.state))
+        for flag, extra in (("--state-dir", [str(state_dir)]), ("--no-watch", []),
                             ("--no-health", [])):
             if flag in helptext:
                 args += [flag, *extra]
@@ -492,7 +551,7 @@ class Filterdns:
                 args += ["--workers", str(self.workers)]
             else:
                 self.notes.append(f"filterdns serve has no --workers yet: ran without it (asked for {self.workers})")
-        status("filterdns: " + " ".join(["python3", "-m", "filterdns", *args]))
+        status(f"{self.name}: " + " ".join(["python3", "-m", "filterdns", *args]))
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(self._cmd(*args), cwd=REPO, env=self._env(), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -509,7 +568,7 @@ class Filterdns:
             raise BenchError(f"filterdns did not answer SOA on {HOST}:{port} within 30 s; log:\n{tail(self.log)}")
         time.sleep(0.5)  # let any workers finish starting before counting them
         n = len(tree(self.proc.pid))
-        status(f"filterdns: pid {self.proc.pid}, {n} process(es), on {HOST}:{port} (log: {self.log})")
+        status(f"{self.name}: pid {self.proc.pid}, {n} process(es), on {HOST}:{port} (log: {self.log})")
         if self.workers is not None and "--workers" in helptext and n < self.workers:
             self.notes.append(f"filterdns was started with --workers {self.workers} but runs {n} process(es)")
 
@@ -541,7 +600,7 @@ class Filterdns:
         for p, st in family[1:]:
             if alive(p, st):
                 os.kill(p, signal.SIGKILL)
-        status(f"filterdns: stopped pid {proc.pid}")
+        status(f"{self.name}: stopped pid {proc.pid}")
 
 
 def port_free(port: int) -> bool:
@@ -566,8 +625,10 @@ def tail(path: Path, n: int = 30) -> str:
 # -- dnsperf --------------------------------------------------------------------------------------
 
 def dnsperf(port: int, blob: Path, seconds: int, out: Path, qps: int | None = None, verbose: bool = False,
-            pin: str | None = None) -> dict:
-    """One bounded dnsperf run: {qps, avg_ms, lost, sent, rcodes[, p99_ms, p50_ms]}."""
+            pin: str | None = None, cpu_pid: int | None = None) -> dict:
+    """One bounded dnsperf run: {qps, avg_ms, lost, sent, rcodes[, p99_ms, p50_ms][, cpu_us]}.
+    With ``cpu_pid``: ``cpu_us``, the CPU time of that server's process tree (utime + stime
+    from /proc) during the run, per answered query, in microseconds."""
     cmd = ["timeout", str(seconds + 30), "dnsperf", "-s", HOST, "-p", str(port), "-l", str(seconds),
            *DNSPERF_FLAGS, "-d", str(blob)]
     if qps:
@@ -576,8 +637,10 @@ def dnsperf(port: int, blob: Path, seconds: int, out: Path, qps: int | None = No
         cmd += ["-v"]
     if pin:
         cmd = ["taskset", "-c", pin, *cmd]
+    t0 = cpu_ticks(cpu_pid) if cpu_pid else 0
     with open(out, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=seconds + 60).returncode
+    t1 = cpu_ticks(cpu_pid) if cpu_pid else 0
     res: dict = {"seconds": seconds}
     lat: list[float] = []
     with open(out, errors="replace") as f:
@@ -604,6 +667,9 @@ def dnsperf(port: int, blob: Path, seconds: int, out: Path, qps: int | None = No
                 res["rcodes"] = s.split(":", 1)[1].strip()
     if rc != 0 or "qps" not in res:
         raise BenchError(f"dnsperf against {HOST}:{port} failed (exit {rc}); output {out}:\n{tail(out, 15)}")
+    if cpu_pid and "sent" in res:
+        answered = res["sent"] - res.get("lost", 0)
+        res["cpu_us"] = (t1 - t0) / CLK_TCK * 1e6 / answered if answered > 0 else None
     if lat:
         lat.sort()
         res["p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
@@ -622,23 +688,30 @@ def pin_server(pids: list[int], cpus: str) -> None:
         subprocess.run(["taskset", "-apc", cpus, str(p)], capture_output=True, timeout=10)
 
 
-def measure(server: str, pid: int, blob: Path, args, wd: Path, pins: tuple[str, str] | None) -> dict:
+def measure(server: str, pid: int, blob: Path, args, wd: Path, pins: tuple[str, str] | None,
+            mix_name: str = "17 subnets") -> dict:
     port = PORTS[server]
     if pins:
         pin_server(tree(pid), pins[1])
     runs = []
+    tag = mix_name.split()[0]
     for i in range(args.runs):
-        status(f"{LABELS[server]}: dnsperf run {i + 1}/{args.runs}, {args.seconds} s")
-        r = dnsperf(port, blob, args.seconds, wd / f"dnsperf-{server}-{i + 1}.out", pin=pins and pins[0])
-        status(f"{LABELS[server]}: {r['qps']:.0f} q/s, avg {r['avg_ms']:.3f} ms, lost {r['lost']} of {r['sent']}")
+        status(f"{LABELS[server]} ({mix_name}): dnsperf run {i + 1}/{args.runs}, {args.seconds} s")
+        r = dnsperf(port, blob, args.seconds, wd / f"dnsperf-{server}-{tag}-{i + 1}.out", pin=pins and pins[0],
+                    cpu_pid=pid)
+        status(f"{LABELS[server]} ({mix_name}): {r['qps']:.0f} q/s, avg {r['avg_ms']:.3f} ms, lost {r['lost']} "
+               f"of {r['sent']}, CPU {fmt(r.get('cpu_us'), '.2f')} us/query, load {os.getloadavg()[0]:.2f}")
         runs.append(r)
     secs = min(P99_SECONDS, args.seconds)
-    status(f"{LABELS[server]}: latency run with dnsperf -v, {secs} s (per-query latencies for p99)")
-    lr = dnsperf(port, blob, secs, wd / f"dnsperf-{server}-v.out", verbose=True, pin=pins and pins[0])
+    status(f"{LABELS[server]} ({mix_name}): latency run with dnsperf -v, {secs} s (per-query latencies for p99)")
+    lr = dnsperf(port, blob, secs, wd / f"dnsperf-{server}-{tag}-v.out", verbose=True, pin=pins and pins[0])
     mem, nproc, mem_max = peak_rss_mb(pid)
+    cpus = [r["cpu_us"] for r in runs if r.get("cpu_us") is not None]
     return {
         "server": server,
+        "mix": mix_name,
         "qps": statistics.median(r["qps"] for r in runs),
+        "cpu_us": statistics.median(cpus) if cpus else None,
         "avg_ms": statistics.median(r["avg_ms"] for r in runs),
         "p99_ms": lr.get("p99_ms"),
         "lost": sum(r["lost"] for r in runs),
@@ -652,15 +725,28 @@ def measure(server: str, pid: int, blob: Path, args, wd: Path, pins: tuple[str, 
     }
 
 
+def fixed_rate(server: str, pid: int, blob: Path, rate: int, seconds: int, wd: Path, pins) -> dict:
+    """One run at ``rate`` q/s (dnsperf -Q) with -v: CPU per query, lost, p99."""
+    status(f"{LABELS[server]}: fixed rate, dnsperf -Q {rate} for {seconds} s")
+    r = dnsperf(PORTS[server], blob, seconds, wd / f"dnsperf-{server}-fixed.out", qps=rate, verbose=True,
+                pin=pins and pins[0], cpu_pid=pid)
+    r["target_qps"] = rate
+    r["sustained"] = r["lost"] == 0 and r["qps"] >= 0.97 * rate
+    status(f"{LABELS[server]}: fixed rate {r['qps']:.0f} q/s, lost {r['lost']}, p99 {fmt(r.get('p99_ms'), '.3f')} ms, "
+           f"CPU {fmt(r.get('cpu_us'), '.2f')} us/query")
+    return r
+
+
 def soak(fd: Filterdns, blob: Path, minutes: float, qps: int, wd: Path, pins) -> dict:
     secs = int(minutes * 60)
-    cmd = ["timeout", str(secs + 30), "dnsperf", "-s", HOST, "-p", str(PORTS["filterdns"]), "-l", str(secs),
+    cmd = ["timeout", str(secs + 30), "dnsperf", "-s", HOST, "-p", str(fd.port), "-l", str(secs),
            *DNSPERF_FLAGS, "-d", str(blob), "-Q", str(qps)]
     if pins:
         cmd = ["taskset", "-c", pins[0], *cmd]
     out = wd / "dnsperf-soak.out"
     samples: dict[int, list[float]] = {}
     status(f"soak: filterdns at {qps} q/s for {minutes:g} min, RSS every {SOAK_SAMPLE_S} s")
+    t0 = cpu_ticks(fd.pid)
     with open(out, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
         try:
@@ -679,15 +765,97 @@ def soak(fd: Filterdns, blob: Path, minutes: float, qps: int, wd: Path, pins) ->
             if p.poll() is None:
                 p.terminate()
                 p.wait(timeout=10)
+    t1 = cpu_ticks(fd.pid)
     for pid in fd.processes():  # one last sample, after the load
         samples.setdefault(pid, []).append(proc_kb(pid, "VmRSS") / 1024)
     text = out.read_text(errors="replace")
     lost = next((int(l.split()[2]) for l in text.splitlines() if l.strip().startswith("Queries lost:")), None)
     sent = next((int(l.split()[2]) for l in text.splitlines() if l.strip().startswith("Queries sent:")), None)
-    per = {str(pid): {"first_mb": v[0], "last_mb": v[-1], "max_mb": max(v), "samples": len(v),
-                      "role": "main" if pid == fd.pid else "child"}
+    # "flat" is judged after the warm-up (the first quarter, at most a minute), while the bounded
+    # caches fill: from then to the end, RSS may not grow
+    warm = min(len(v) for v in samples.values()) // 4 if samples else 0
+    warm = min(warm, 60 // SOAK_SAMPLE_S)
+    per = {str(pid): {"first_mb": v[0], "warm_mb": v[min(warm, len(v) - 1)], "last_mb": v[-1], "max_mb": max(v),
+                      "samples": len(v), "role": "main" if pid == fd.pid else "child"}
            for pid, v in samples.items() if v and v[0] > 0}
-    return {"minutes": minutes, "qps": qps, "lost": lost, "sent": sent, "per_process": per}
+    answered = (sent or 0) - (lost or 0)
+    cpu = (t1 - t0) / CLK_TCK * 1e6 / answered if answered > 0 else None
+    return {"minutes": minutes, "qps": qps, "lost": lost, "sent": sent, "cpu_us": cpu,
+            "warmup_s": warm * SOAK_SAMPLE_S, "per_process": per}
+
+
+# -- the seed's own chains, on the bundled config (filterdns alone) -------------------------------
+
+BUNDLED_COUNTRIES = ("US", "CA", "BR", "GB", "IE", "DE", "FR", "IN", "SG", "JP", "AU")
+SHED_REGION, SHED_SERVICE = "us-east-1", "wss"
+
+
+def shed_state() -> tuple[dict, str]:
+    """A state.json feeding ``connections`` halfway between the watermarks of SHED_REGION's
+    SHED_SERVICE in the bundled chains/regions.yaml, so shed_load draws for its clients."""
+    doc = yaml.safe_load((REPO / "chains" / "regions.yaml").read_text())
+    meta = doc["regions"][SHED_REGION]["services"][SHED_SERVICE].get("meta", {})
+    low, high = float(meta["low_watermark"]), float(meta["high_watermark"])
+    load = (low + high) / 2
+    state = {"version": 1, "saved_at": int(time.time()), "drains": [],
+             "feeds": [{"region": SHED_REGION, "service": SHED_SERVICE, "values": {"connections": load}}]}
+    return state, f"{SHED_REGION}/{SHED_SERVICE} connections {load:g} between its watermarks {low:g}..{high:g}"
+
+
+def bundled_blobs(n: int, wd: Path) -> dict[str, Path]:
+    """Blobs over ``n`` distinct subnets of the embedded database: 'deterministic' (api, the
+    latency chain) and 'seed' (wss-primary with shed_load and wss-backup with shuffle)."""
+    from filterdns.routing.geo import DEFAULT_DB
+
+    subnets = mix.bundled_subnets(n, BUNDLED_COUNTRIES, DEFAULT_DB)
+    rng = random.Random(mix.MIX_SEED + 2)
+    out = {}
+    for label, names in (("deterministic", ("api",)), ("seed", ("wss-primary", "wss-backup"))):
+        wires = [mix.ecs_query(f"{rng.choice(names)}.example.com", mix.QTYPE[rng.choice(("A", "AAAA"))], sub)
+                 for sub in subnets]
+        out[label] = wd / f"bundled-{label}.blob"
+        mix.write_blob(out[label], wires)
+    return out
+
+
+def check_shedding(port: int) -> str:
+    """The shed region's clients must get it for some queries and another region for others."""
+    us = mix.ecs_query("wss-primary.example.com", 1, ipaddress.ip_network("8.8.8.0/24"))
+    seen: dict[str, int] = {}
+    for _ in range(60):
+        rcode, addrs = ask(port, us)
+        seen[" ".join(addrs) or rcode] = seen.get(" ".join(addrs) or rcode, 0) + 1
+    if len(seen) < 2:
+        raise BenchError(f"bundled config: wss-primary for a US client always got {list(seen)}: "
+                         f"shed_load is not drawing between the watermarks")
+    return ", ".join(f"{k} x{v}" for k, v in sorted(seen.items()))
+
+
+def measure_bundled(args, wd: Path, pins) -> dict:
+    state, what = shed_state()
+    status(f"phase 8: the seed's chains on the bundled config (zones/, chains/, embedded geo DB); {what}")
+    blobs = bundled_blobs(args.bundled_subnets, wd)
+    fb = Filterdns(wd, REPO / "zones", REPO / "chains", None, args.workers, name="bundled", state=state)
+    out: dict = {"subnets": args.bundled_subnets, "shed": what}
+    try:
+        fb.start()
+        out["shed_check"] = check_shedding(fb.port)
+        status(f"bundled: wss-primary for 8.8.8.0/24, 60 queries: {out['shed_check']}")
+        for label, blob in blobs.items():
+            runs = []
+            for i in range(args.runs):
+                r = dnsperf(fb.port, blob, args.seconds, wd / f"dnsperf-bundled-{label}-{i + 1}.out",
+                            pin=pins and pins[0], cpu_pid=fb.pid)
+                status(f"bundled {label}: {r['qps']:.0f} q/s, lost {r['lost']}, CPU {fmt(r.get('cpu_us'), '.2f')} "
+                       f"us/query, load {os.getloadavg()[0]:.2f}")
+                runs.append(r)
+            cpus = [r["cpu_us"] for r in runs if r.get("cpu_us") is not None]
+            out[label] = {"qps": statistics.median(r["qps"] for r in runs),
+                          "cpu_us": statistics.median(cpus) if cpus else None,
+                          "lost": sum(r["lost"] for r in runs), "sent": sum(r["sent"] for r in runs), "runs": runs}
+    finally:
+        fb.stop()
+    return out
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -748,6 +916,80 @@ def report(results: dict, half: dict | None, soak_res: dict | None, notes: list[
     return "\n".join(lines)
 
 
+def yes(ok: bool) -> str:
+    return "reached" if ok else "NOT reached"
+
+
+def report11(many: dict, fixed: dict, half: dict | None, bundled: dict | None, soak_res: dict | None,
+             base: dict, n_subnets: int, loads: tuple[float, float]) -> str:
+    """The issue-11 table (many-subnet mix) and its targets, each reached or not."""
+    lines = [f"many-subnet mix: {n_subnets} distinct client subnets (IPv4 /24, IPv6 /56) plus 5% without ECS; "
+             f"load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end",
+             f"{'server':<10} {'q/s 17 subnets':>14} {'q/s many':>9} {'CPU us/q sat':>12} "
+             f"{'q/s fixed':>9} {'CPU us/q fixed':>14} {'lost many':>12}"]
+    for s in SERVERS:
+        m = many.get(s)
+        if m is None:
+            continue
+        f = fixed.get(s) or {}
+        b = base.get(s) or {}
+        lines.append(f"{LABELS[s]:<10} {fmt(b.get('qps'), '.0f'):>14} {m['qps']:>9.0f} {fmt(m['cpu_us'], '.2f'):>12} "
+                     f"{fmt(f.get('qps'), '.0f'):>9} {fmt(f.get('cpu_us'), '.2f'):>14} "
+                     f"{str(m['lost']) + '/' + str(m['sent']):>12}")
+    if fixed:
+        rate = next(iter(fixed.values()))["target_qps"]
+        lines.append(f"fixed rate: dnsperf -Q {rate} (half the slowest server's many-subnet q/s); "
+                     + ", ".join(f"{LABELS[s]} {'sustained' if v['sustained'] else 'NOT sustained'}"
+                                 for s, v in fixed.items()))
+    if bundled:
+        d, sd = bundled.get("deterministic"), bundled.get("seed")
+        lines.append(f"bundled config, {bundled['subnets']} subnets ({bundled['shed']}):")
+        for label, v in (("api (latency chain, deterministic)", d), ("wss-primary + wss-backup (shed_load, "
+                                                                      "shuffle)", sd)):
+            if v:
+                lines.append(f"  {label}: {v['qps']:.0f} q/s, CPU {fmt(v['cpu_us'], '.2f')} us/query, "
+                             f"lost {v['lost']}/{v['sent']}")
+    t = []
+    fd, gd, pd = many.get("filterdns"), many.get("gdnsd"), many.get("pdns")
+    if fd and gd and fd.get("cpu_us") and gd.get("cpu_us"):
+        r = fd["cpu_us"] / gd["cpu_us"]
+        t.append(f"CPU/query at saturation {r:.2f}x gdnsd (<= {TARGETS11['cpu_vs_gdnsd']:g}x): "
+                 f"{yes(r <= TARGETS11['cpu_vs_gdnsd'])}")
+        ff, fg = fixed.get("filterdns", {}).get("cpu_us"), fixed.get("gdnsd", {}).get("cpu_us")
+        if ff and fg:
+            t.append(f"CPU/query at the fixed rate {ff / fg:.2f}x gdnsd: {yes(ff / fg <= TARGETS11['cpu_vs_gdnsd'])}")
+    if fd and pd and pd["qps"]:
+        r = fd["qps"] / pd["qps"]
+        t.append(f"q/s {r:.2f}x PowerDNS (>= {TARGETS11['many_vs_pdns']:g}x): {yes(r >= TARGETS11['many_vs_pdns'])}")
+    if fd and gd and gd["qps"]:
+        r = fd["qps"] / gd["qps"]
+        t.append(f"q/s {r:.2f}x gdnsd (>= {TARGETS11['many_vs_gdnsd']:g}x): {yes(r >= TARGETS11['many_vs_gdnsd'])}")
+    if bundled and bundled.get("seed", {}).get("cpu_us") and bundled.get("deterministic", {}).get("cpu_us"):
+        r = bundled["seed"]["cpu_us"] / bundled["deterministic"]["cpu_us"]
+        t.append(f"seed chains {r:.2f}x the deterministic chain's CPU/query (<= "
+                 f"{TARGETS11['chains_vs_deterministic']:g}x): {yes(r <= TARGETS11['chains_vs_deterministic'])}")
+    if half:
+        ok = half["lost"] == 0 and half.get("p99_ms") is not None and half["p99_ms"] < TARGETS11["half_p99_ms"]
+        t.append(f"half rate (-Q {half['target_qps']}) p99 {fmt(half.get('p99_ms'), '.3f')} ms, lost {half['lost']} "
+                 f"(< {TARGETS11['half_p99_ms']:g} ms, 0 lost): {yes(ok)}")
+    if soak_res and soak_res["per_process"]:
+        worst = max(v["max_mb"] for v in soak_res["per_process"].values())
+        growth = max(v["last_mb"] - v["warm_mb"] for v in soak_res["per_process"].values())
+        ok = worst < TARGETS["rss_mb_per_worker"] and growth < TARGETS11["soak_growth_mb"]
+        t.append(f"soak {soak_res['minutes']:g} min: largest process {worst:.1f} MB, growth after "
+                 f"{soak_res['warmup_s']} s warm-up {growth:+.1f} MB (< 150 MB, flat): {yes(ok)}")
+    if soak_res:
+        lines.append(f"soak {soak_res['minutes']:g} min at {soak_res['qps']} q/s (many-subnet mix): lost "
+                     f"{soak_res['lost']} of {soak_res['sent']}, CPU {fmt(soak_res.get('cpu_us'), '.2f')} us/query")
+        for pid, v in soak_res["per_process"].items():
+            lines.append(f"  pid {pid} ({v['role']}): RSS first {v['first_mb']:.1f} MB, after warm-up "
+                         f"{v['warm_mb']:.1f} MB, last {v['last_mb']:.1f} MB, max {v['max_mb']:.1f} MB")
+    if t:
+        lines.append("targets (issue 11):")
+        lines += ["  " + x for x in t]
+    return "\n".join(lines)
+
+
 # -- main -----------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -766,6 +1008,17 @@ def parse_args(argv=None):
                     help="country .mmdb for all three (default: the kit's small test database)")
     ap.add_argument("--pin", action="store_true",
                     help="pin dnsperf to CPU 0 and the measured server to the other CPUs (taskset)")
+    ap.add_argument("--subnets", type=int, default=120_000, metavar="N",
+                    help="distinct client subnets of the many-subnet mix, 0 to skip it (default: 120000)")
+    ap.add_argument("--bundled-subnets", type=int, default=60_000, metavar="N",
+                    help="distinct client subnets for the seed's chains on the bundled config, 0 to skip "
+                         "(default: 60000)")
+    ap.add_argument("--fixed-rate", type=int, default=None, metavar="QPS",
+                    help="the fixed rate every server is measured at (default: half the slowest server's "
+                         "many-subnet q/s)")
+    ap.add_argument("--port-base", type=int, default=5400, metavar="PORT",
+                    help="filterdns on PORT, gdnsd PORT+1, PowerDNS PORT+3, the bundled config PORT+4 "
+                         "(default: 5400)")
     ap.add_argument("--keep-workdir", action="store_true", help="keep the workdir (configs, logs, dnsperf output)")
     ap.add_argument("--save", action="store_true", help="write the results to bench/results/latest.json")
     a = ap.parse_args(argv)
@@ -777,6 +1030,12 @@ def parse_args(argv=None):
         ap.error("--workers must be in 1..64")
     if a.soak is not None and not 1 <= a.soak <= 60:
         ap.error("--soak must be in 1..60 minutes")
+    if not 0 <= a.subnets <= 1_000_000 or not 0 <= a.bundled_subnets <= 1_000_000:
+        ap.error("--subnets and --bundled-subnets must be in 0..1000000")
+    if a.fixed_rate is not None and not 100 <= a.fixed_rate <= 1_000_000:
+        ap.error("--fixed-rate must be in 100..1000000")
+    if not 1024 <= a.port_base <= 65000:
+        ap.error("--port-base must be in 1024..65000")
     only = [s.strip() for s in a.only.split(",") if s.strip()]
     bad = [s for s in only if s not in SERVERS]
     if bad or not only:
@@ -787,6 +1046,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:  # noqa: C901 - the run is one linear sequence of steps, each a call
     args = parse_args(argv)
+    for k, off in (("filterdns", 0), ("gdnsd", 1), ("pdns", 3), ("bundled", 4)):
+        PORTS[k] = args.port_base + off
     kit = find_kit()
     if kit is None:
         where = os.environ.get("FILTERDNS_SHARED_BENCH") or str(REPO.parent / "shared" / "bench")
@@ -816,7 +1077,8 @@ def main(argv=None) -> int:  # noqa: C901 - the run is one linear sequence of st
 
     t0 = time.monotonic()
     wd = Path(tempfile.mkdtemp(prefix="filterdns-bench-"))
-    refs = References(kit, Path(os.environ.get("TMPDIR", "/tmp")) / "filterdns-bench-refs-run", args.mmdb)
+    refs = References(kit, Path(os.environ.get("TMPDIR", "/tmp")) / (
+        "filterdns-bench-refs-run" + ("" if args.port_base == 5400 else f"-{args.port_base}")), args.mmdb)
     fd: Filterdns | None = None
     notes: list[str] = []
     rc = 1
@@ -852,32 +1114,61 @@ def main(argv=None) -> int:  # noqa: C901 - the run is one linear sequence of st
 
         status("phase 4: verification (dig, then every blob query on every server)")
         verified = verify(policy, blob, list(SERVERS))
+        many_blob, n_many = None, 0
+        if args.subnets:
+            status(f"phase 4b: the many-subnet mix, {args.subnets} distinct client subnets")
+            queries = mix.many_subnet_queries(policy, args.subnets)
+            many_blob = wd / "many.blob"
+            mix.write_blob(many_blob, [q[0] for q in queries])
+            n_many = len({q[2] for q in queries if q[2] is not None})
+            status(f"wrote {many_blob}: {len(queries)} queries, {n_many} distinct client subnets "
+                   f"({sum(1 for q in queries if q[2] and ':' in q[2])} IPv6 /56), "
+                   f"{sum(1 for q in queries if q[2] is None)} without ECS, "
+                   f"{len({q[1] for q in queries if q[1]})} countries")
+            verified["many"] = verify_many(policy, queries, list(SERVERS))
+            del queries
 
         status("phase 5: dnsperf, " + ", ".join(LABELS[s] for s in args.only) +
-               f" ({args.runs} x {args.seconds} s each, then {min(P99_SECONDS, args.seconds)} s with -v)")
-        results = {}
+               f" ({args.runs} x {args.seconds} s each per mix, then {min(P99_SECONDS, args.seconds)} s with -v)")
+        results, many, fixed = {}, {}, {}
         pids = {"filterdns": fd.pid, **refs.pids}
         for s in args.only:
             results[s] = measure(s, pids[s], blob, args, wd, pins)
+            if many_blob is not None:
+                many[s] = measure(s, pids[s], many_blob, args, wd, pins, mix_name=f"{n_many} subnets")
+        if many:
+            rate = args.fixed_rate or max(100, int(min(m["qps"] for m in many.values()) / 2) // 100 * 100)
+            status(f"phase 5b: every server at one fixed rate, {rate} q/s, many-subnet mix")
+            for s in args.only:
+                fixed[s] = fixed_rate(s, pids[s], many_blob, rate, args.seconds, wd, pins)
 
         half = None
-        if "filterdns" in results:
-            target = max(1, int(results["filterdns"]["qps"] / 2))
-            status(f"phase 6: filterdns at half rate, dnsperf -Q {target} for {args.seconds} s with -v")
-            half = dnsperf(PORTS["filterdns"], blob, args.seconds, wd / "dnsperf-half.out", qps=target,
-                           verbose=True, pin=pins and pins[0])
+        source = many if many else results
+        if "filterdns" in source:
+            target = max(1, int(source["filterdns"]["qps"] / 2))
+            which = "many-subnet" if many else "17-subnet"
+            status(f"phase 6: filterdns at half rate, dnsperf -Q {target} for {args.seconds} s with -v ({which} mix)")
+            half = dnsperf(PORTS["filterdns"], many_blob or blob, args.seconds, wd / "dnsperf-half.out", qps=target,
+                           verbose=True, pin=pins and pins[0], cpu_pid=fd.pid)
             half["target_qps"] = target
 
         soak_res = None
         if args.soak:
             status(f"phase 7: soak {args.soak:g} min")
-            q = int(results["filterdns"]["qps"] / 2) if "filterdns" in results else 10000
-            soak_res = soak(fd, blob, args.soak, q, wd, pins)
+            q = int(source["filterdns"]["qps"] / 2) if "filterdns" in source else 10000
+            soak_res = soak(fd, many_blob or blob, args.soak, q, wd, pins)
+
+        bundled = None
+        if args.bundled_subnets and "filterdns" in args.only:
+            bundled = measure_bundled(args, wd, pins)
 
         if "filterdns" in results and results["filterdns"]["qps"] >= 100000:
             notes.append("filterdns is near dnsperf's own ceiling (~120k q/s on 2 cores): read it as 'at least'")
         status(f"done in {time.monotonic() - t0:.0f} s")
-        table = report(results, half, soak_res, notes)
+        load_end = os.getloadavg()[0]
+        table = report(results, None if many else half, None if many else soak_res, notes)
+        if many:
+            table += "\n\n" + report11(many, fixed, half, bundled, soak_res, results, n_many, (load1, load_end))
         print("\n" + table, flush=True)
         if args.save:
             out = REPO / "bench" / "results" / "latest.json"
@@ -886,6 +1177,7 @@ def main(argv=None) -> int:  # noqa: C901 - the run is one linear sequence of st
                    "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                    "command": " ".join(["python3", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
                    "dnsperf_flags": " ".join(DNSPERF_FLAGS), "verified": verified, "results": results,
+                   "many_subnets": many, "fixed_rate": fixed, "bundled": bundled,
                    "half_rate": half, "soak": soak_res, "notes": notes, "table": table.splitlines()}
             out.write_text(json.dumps(doc, indent=2) + "\n")
             status(f"wrote {out}")
