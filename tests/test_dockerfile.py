@@ -165,13 +165,13 @@ def test_dockerfile_steps_outside_docker():
         p = subprocess.run(["sh", "-c", deps_run], cwd=src, env=env_build, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
         assert "dnspython" in (src / "requirements.txt").read_text()
-        # COPY README.md LICENSE ./ ; COPY zones ; COPY chains ; COPY filterdns (symlinks kept)
-        for name in ("README.md", "LICENSE"):
+        # COPY README.md LICENSE setup.py ./ ; COPY zones ; COPY chains ; COPY filterdns (symlinks kept)
+        for name in ("README.md", "LICENSE", "setup.py"):
             shutil.copy(ROOT / name, src / name)
         for d in ("zones", "chains"):
             shutil.copytree(ROOT / d, src / d)
         shutil.copytree(ROOT / "filterdns", src / "filterdns", symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         # the install RUN: pip install --no-deps . && filterdns init /etc/filterdns (useradd skipped)
         install = next(r for r in runs if "--no-deps" in r)
         etc = work / "etc" / "filterdns"
