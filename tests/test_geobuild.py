@@ -190,3 +190,44 @@ def test_subdivision_level_keeps_one_centre_per_state(tmp_path):
             assert (got["country_code"], got["subdivision_code"], got["latitude"], got["longitude"]) == \
                 (cc, sub, want_lat, want_lon)
     assert st["merged_blocks"] <= build([str(src)], str(tmp_path / "c.mmdb"), 0.5)["merged_blocks"]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("record_size", [24, 28, 32])
+def test_tree_walk_reads_every_record_size(tmp_path, record_size, monkeypatch):
+    """The builder walks the source's search tree itself: the same networks, in the same
+    order, as the reader's own iteration, for each record size the format has."""
+    import mmdb_writer
+
+    orig = mmdb_writer.TreeWriter._adjust_record_size
+
+    def forced(self):
+        orig(self)
+        self.record_size = record_size
+
+    monkeypatch.setattr(mmdb_writer.TreeWriter, "_adjust_record_size", forced)
+    nets = layout()
+    src = tmp_path / "s.mmdb"
+    write_source(src, nets, "dbip")
+    with maxminddb.open_database(str(src)) as r:
+        assert r.metadata().record_size == record_size
+        want = [(n.version, int(n.network_address), int(n.broadcast_address) + 1, rec) for n, rec in r]
+    from filterdns.ops.geobuild import _decoder, _networks
+    decode = _decoder(str(src))
+    got = [(fam, s, e, decode(off)) for fam, s, e, off in _networks(str(src), lambda s: None)]
+    assert got == want and len(got) == len(nets)
+
+
+@pytest.mark.unit
+def test_overlapping_sources_first_wins(tmp_path):
+    a, b, out = tmp_path / "a.mmdb", tmp_path / "b.mmdb", tmp_path / "o.mmdb"
+    write_source(a, [(ipaddress.ip_network("11.0.0.0/24"), "sacramento"),
+                     (ipaddress.ip_network("11.0.2.0/24"), "london")], "dbip")
+    # b covers a's networks and the hole between them
+    write_source(b, [(ipaddress.ip_network("11.0.0.0/22"), "melbourne"),
+                     (ipaddress.ip_network("11.0.0.0/26"), "london")], "dbip")
+    st = build([str(a), str(b)], str(out))
+    assert st["overlaps"] >= 1
+    with maxminddb.open_database(str(out)) as r:
+        assert [r.get(ip)["subdivision_code"] for ip in ("11.0.0.1", "11.0.1.1", "11.0.2.1", "11.0.3.1")] == \
+            ["CA", "VIC", "ENG", "VIC"]
