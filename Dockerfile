@@ -34,7 +34,7 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
 # The package itself (filterdns/example links to zones/ and chains/: the wheel gets the files).
 # setup.py declares the optional C piece of the UDP transport (recvmmsg/sendmmsg); this slim
 # image has no compiler, so pip installs without it and UDP takes its pure-Python path.
-COPY README.md LICENSE setup.py ./
+COPY README.md LICENSE NOTICE setup.py ./
 COPY zones ./zones
 COPY chains ./chains
 COPY filterdns ./filterdns

@@ -17,7 +17,8 @@ def _add_config_args(p: argparse.ArgumentParser, state: bool = False) -> None:
     from filterdns.config import home
     home.add_arguments(p, state=state)  # --config-dir, --zones, --chains (and --state-dir)
     p.add_argument("--geoip", default=os.environ.get("FILTERDNS_GEOIP"), metavar="PATH",
-                   help="GeoLite2/DB-IP Country or City .mmdb (default: the embedded DB-IP Lite country database)")
+                   help="GeoLite2/DB-IP Country or City .mmdb (default: the bundled DB-IP Lite City routing "
+                        "database, one point per state or province; the country database if absent)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import maxminddb
 import pytest
 
 from filterdns.errors import ConfigError
@@ -151,3 +152,8 @@ def test_default_is_the_routing_database_when_bundled():
 
     assert DEFAULT_DB == (ROUTING_DB if ROUTING_DB.is_file() else COUNTRY_DB)
     assert GeoDB.open().path == str(DEFAULT_DB)
+    # the package ships it: a fresh clone routes by state and province
+    assert ROUTING_DB.is_file() and COUNTRY_DB.is_file()
+    with maxminddb.open_database(str(ROUTING_DB)) as r:
+        assert r.metadata().database_type == "filterdns-routing-City"
+        assert r.get("63.245.208.1")["subdivision_code"] == "CA"

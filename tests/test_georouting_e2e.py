@@ -1,11 +1,9 @@
-"""The bundled config on DB-IP Lite City data compacted by `filterdns geo build`, over a real
-server with real ECS queries: each coast of the US to its region, IPv4 and IPv6; Canadian
-provinces and Australian states to the nearest region (with the bundled regions, and with a
-region more in each of the two countries); the answer's ECS scope is the widened one.
-
-The database is tests/fixtures/geo/dbip-city-sample.mmdb: the networks of a few /12s around
-the test clients, cut out of the full build by tests/fixtures/geo/make_sample.py (the full
-file is 70 MB; see README "Geo")."""
+"""The bundled config on the bundled database (no --geoip: filterdns/data/dbip-routing.mmdb,
+DB-IP Lite City compacted by `filterdns geo build --level subdivision`), over a real server
+with real ECS queries: each coast of the US to its region, IPv4 and IPv6; Canadian provinces
+and Australian states to the nearest region (with the bundled regions, and with a region more
+in each of the two countries); the answer's ECS scope is the widened one. This is what a fresh
+clone serves."""
 
 from __future__ import annotations
 
@@ -15,11 +13,11 @@ import dns.edns
 import dns.rdatatype
 import pytest
 
-from conftest import FIXTURES, ROOT, start_server
+from conftest import ROOT, start_server
+
+from filterdns.routing.geo import DEFAULT_DB, ROUTING_DB
 
 pytestmark = pytest.mark.e2e
-
-SAMPLE = str(FIXTURES / "geo" / "dbip-city-sample.mmdb")
 
 US_WEST_2 = {"192.0.2.121", "192.0.2.122"}
 US_EAST_1 = {"192.0.2.111", "192.0.2.112", "192.0.2.113"}
@@ -33,7 +31,8 @@ AP_SOUTHEAST_4 = {"192.0.2.252"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sp = start_server(tmp_path_factory.mktemp("georouting"), "--geoip", SAMPLE)
+    assert DEFAULT_DB == ROUTING_DB and ROUTING_DB.is_file(), "the package ships the routing database"
+    sp = start_server(tmp_path_factory.mktemp("georouting"))
     yield sp
     sp.stop()
 
@@ -47,6 +46,9 @@ def ask(sp, subnet, rdtype="A", name="wss-primary.example.com."):
 
 
 # (id, client subnet, qtype, expected addresses); networks as the bundled database places them
+# (network, subdivision and point there): 63.245.208.0/23, 8.8.8.0/24 CA (36.0, -120.5);
+# 52.0.0.0/16 VA (39.0, -77.5); 98.0.0.0/24 NY (41.0, -74.0); IPv6 2607:f8b0:4005::/48 and
+# 2600:1f1c::/34 CA, 2600:1f18::/33 VA, 2001:418:6900::/40 NY
 COASTS = [
     ("sacramento", "63.245.208.0/24", "A", US_WEST_2),
     ("mountain-view", "8.8.8.0/24", "A", US_WEST_2),
@@ -137,7 +139,7 @@ def server_more_regions(tmp_path_factory):
     shutil.copytree(ROOT / "chains", chains)
     text = (chains / "regions.yaml").read_text()
     (chains / "regions.yaml").write_text(text.replace("\nregions:\n", "\nregions:\n" + EXTRA_REGIONS.lstrip("\n"), 1))
-    sp = start_server(tmp, "--geoip", SAMPLE, chains=chains)
+    sp = start_server(tmp, chains=chains)
     yield sp
     sp.stop()
 
