@@ -794,7 +794,8 @@ def soak(fd: Filterdns, blob: Path, minutes: float, qps: int, wd: Path, pins) ->
 # -- the seed's own chains, on the bundled config (filterdns alone) -------------------------------
 
 BUNDLED_COUNTRIES = ("US", "CA", "BR", "GB", "IE", "DE", "FR", "IN", "SG", "JP", "AU")
-SHED_REGION, SHED_SERVICE = "us-east-1", "wss"
+SHED_REGION, SHED_SERVICE = "eu-west-2", "wss"
+SHED_CLIENT = "81.2.69.0/24"  # London: routed to SHED_REGION first, by country and by subdivision
 
 
 def shed_state() -> tuple[dict, str]:
@@ -827,13 +828,13 @@ def bundled_blobs(n: int, wd: Path) -> dict[str, Path]:
 
 def check_shedding(port: int) -> str:
     """The shed region's clients must get it for some queries and another region for others."""
-    us = mix.ecs_query("wss-primary.example.com", 1, ipaddress.ip_network("8.8.8.0/24"))
+    gb = mix.ecs_query("wss-primary.example.com", 1, ipaddress.ip_network(SHED_CLIENT))
     seen: dict[str, int] = {}
     for _ in range(60):
-        rcode, addrs = ask(port, us)
+        rcode, addrs = ask(port, gb)
         seen[" ".join(addrs) or rcode] = seen.get(" ".join(addrs) or rcode, 0) + 1
     if len(seen) < 2:
-        raise BenchError(f"bundled config: wss-primary for a US client always got {list(seen)}: "
+        raise BenchError(f"bundled config: wss-primary for {SHED_CLIENT} always got {list(seen)}: "
                          f"shed_load is not drawing between the watermarks")
     return ", ".join(f"{k} x{v}" for k, v in sorted(seen.items()))
 
@@ -847,7 +848,7 @@ def measure_bundled(args, wd: Path, pins) -> dict:
     try:
         fb.start()
         out["shed_check"] = check_shedding(fb.port)
-        status(f"bundled: wss-primary for 8.8.8.0/24, 60 queries: {out['shed_check']}")
+        status(f"bundled: wss-primary for {SHED_CLIENT}, 60 queries: {out['shed_check']}")
         for label, blob in blobs.items():
             runs = []
             for i in range(args.runs):
