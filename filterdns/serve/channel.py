@@ -6,10 +6,14 @@ Messages are length-prefixed pickles over an AF_UNIX socketpair between our own 
 * ``install`` (generation, digest, blob): serve this packed State now (at spawn, and for a
   worker that started while a reload was being prepared);
 * ``status``: the inventory (drains, health, feeds), whole, after every change;
+* ``go`` (generation, status_generation): start reading the sockets (the answer to a
+  ``loaded`` that names the generation being served; see ``serve/supervisor.py``);
 * ``prepare`` (seq, generation, digest, blob) / ``commit`` (seq) / ``abort`` (seq): the two
   phases of a reload.
 
-Worker -> supervisor: ``ready`` (pid, generation, digest: its listeners are open),
+Worker -> supervisor: ``loaded`` (generation, digest, status_generation: what a starting
+worker holds; it reads no socket yet), ``ready`` (pid, generation, digest: its listeners are
+open), ``status_applied`` (generation),
 ``prepared`` (seq, ok, reasons, digest), ``committed`` (seq, generation), ``metrics``.
 
 The geo database is read once by the supervisor into a sealed memory file that every worker

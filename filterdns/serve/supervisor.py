@@ -14,8 +14,15 @@ worker that is waiting, so load spreads evenly even when a few busy resolvers se
   A worker that refuses, fails, dies or stays silent aborts the reload everywhere: every
   process keeps the old generation.
 * **A restarted worker gets what is being served**: the supervisor's current generation (the
-  same bytes) and the inventory, before it opens its listeners. A broken file on disk, or a
-  valid edit never reloaded, cannot reach it.
+  same bytes) and the inventory. A broken file on disk, or a valid edit never reloaded, cannot
+  reach it.
+* **No worker reads a socket before it holds the current config and state.** A starting
+  worker confirms the generation and digest it unpacked (``loaded``); only then does the
+  supervisor send ``go``, after which the worker starts reading the inherited sockets. Until
+  ``go`` it is *gated*: it gets every inventory change but no reload phases (a reload
+  committed meanwhile reaches it as ``install``), and a drain is not waiting for it - the
+  channel is ordered, so whatever was sent before ``go`` is applied before its first query.
+  From ``go`` on, a drain is acknowledged only once it has applied it too.
 * Every inventory change is pushed at once to every worker, so a drain reaches all of them
   within milliseconds. Workers send their counters every second; ``worker_snapshots`` keeps
   those of exited workers too, so summed counters never go backwards.
@@ -67,6 +74,7 @@ class WorkerHandle:
         self.pending: dict[tuple[str, int], asyncio.Future] = {}
         self.started = 0.0
         self.status_gen = -1  # the inventory generation this worker has applied
+        self.gated = True  # started, not yet told "go": reads no socket, answers nothing
 
     @property
     def connected(self) -> bool:
@@ -163,11 +171,11 @@ class Supervisor(Runtime):
         w.ready.clear()
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         w.writer = writer
-        # what is being served and the inventory, before the worker opens a listener; no await
-        # between the two, so a reload's commit or a drain cannot slip in between
+        # what is being served and the inventory; the worker confirms them ("loaded") and
+        # reads no socket until "go". Later drains and commits follow on the same channel.
+        w.gated = True
         w.send(self.serving.message("install"))
         w.send({"op": "status", "status": dump_status(self.inventory.status)})
-        w.status_gen = self.inventory.status.generation  # applied before it reports ready
         self._task(self._listen(w, reader))
         self._task(self._watch(w))
 
@@ -181,7 +189,9 @@ class Supervisor(Runtime):
             while True:
                 msg = await channel.read(reader)
                 op = msg.get("op")
-                if op == "ready":
+                if op == "loaded":
+                    self._loaded(w, msg)
+                elif op == "ready":
                     w.ready.set()
                     log.info("worker %d ready (pid %d), generation %d", w.index, msg["pid"],
                              msg["generation"], extra={"fields": {"worker": w.index, "pid": msg["pid"]}})
@@ -197,6 +207,18 @@ class Supervisor(Runtime):
             pass
         except Exception:  # noqa: BLE001
             log.exception("worker %d: bad message", w.index)
+
+    def _loaded(self, w: WorkerHandle, msg: dict) -> None:
+        """A starting worker holds a config and an inventory: let it read its sockets if that
+        config is the one being served (else a newer ``install`` is on its way to it)."""
+        if not w.gated or msg.get("digest") != self.serving.digest:
+            return
+        w.gated = False
+        # every status up to this one was sent before "go": applied before its first query
+        w.status_gen = self.inventory.status.generation
+        w.send({"op": "go", "generation": self.serving.generation, "status_generation": w.status_gen})
+        log.info("worker %d holds generation %d and inventory %d; reading its sockets", w.index,
+                 msg["generation"], w.status_gen)
 
     async def _watch(self, w: WorkerHandle) -> None:
         proc = w.proc
@@ -250,11 +272,11 @@ class Supervisor(Runtime):
 
     # ---------------------------------------------------------------- fan-out
     async def propagated(self, generation: int, timeout: float = 2.0) -> bool:
-        """Wait until every running worker answers by inventory ``generation`` (or newer); a
-        worker starting now gets the current inventory before it opens a listener."""
+        """Wait until every worker that reads its sockets answers by inventory ``generation``
+        (or newer); a gated worker applies it before it reads a socket (see ``_loaded``)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while any(w.ready.is_set() and w.connected and w.status_gen < generation for w in self.workers):
+        while any(not w.gated and w.connected and w.status_gen < generation for w in self.workers):
             if loop.time() > end:
                 return False
             await asyncio.sleep(0.002)
@@ -270,9 +292,9 @@ class Supervisor(Runtime):
         packed = await asyncio.to_thread(Packed, new)
         self._seq += 1
         seq = self._seq
-        # a worker that is down now gets what is being served when it starts again
+        # a worker that is down or starting gets what is being served when it is let in
         asked = [(w, w.spawned, w.ask("prepared", seq, packed.message("prepare", seq=seq)))
-                 for w in self.workers if w.connected]
+                 for w in self.workers if w.connected and not w.gated]
         log.debug("generation %d built (digest %s); preparing it on %d worker(s)", new.generation,
                  packed.digest, len(asked))
         reasons: list[str] = []
@@ -296,10 +318,11 @@ class Supervisor(Runtime):
         self.holder.swap(new)
         self.serving = packed
         commits = []
-        for w, spawned, _fut in asked:
-            if w.spawned == spawned:
+        prepared = {w.index: spawned for w, spawned, _fut in asked}
+        for w in self.workers:
+            if prepared.get(w.index) == w.spawned:
                 commits.append((w, w.ask("committed", seq, {"op": "commit", "seq": seq})))
-            else:  # restarted since prepare: it was given the old generation at spawn
+            elif w.connected:  # started (or restarted) since prepare: it holds the old one
                 w.send(packed.message("install"))
         for w, fut in commits:
             try:

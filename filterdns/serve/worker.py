@@ -1,15 +1,20 @@
 """A worker process (``serve --workers N``): answers DNS on the sockets its supervisor bound,
 with the config and inventory its supervisor sends. It never reads the config files.
 
-Start-up: the worker waits on its channel (``filterdns.serve.channel``) for the State the
-supervisor is serving (``install``) and the inventory (``status``), and only then opens its
-listeners and says ``ready``: no query is answered without the current config and drains.
+Start-up, so that no query is answered without the current config and drains: the sockets
+are inherited already bound, but nothing reads them yet. The worker takes the State the
+supervisor is serving (``install``) and the inventory (``status``) from its channel
+(``filterdns.serve.channel``), confirms what it holds (``loaded``: generation, digest,
+inventory generation), applies whatever else arrives meanwhile, and only when the supervisor
+answers ``go`` does it start reading its sockets, then says ``ready``. The channel is ordered,
+so every drain the supervisor sent before ``go`` is in force before the first query is read.
 A reload arrives in two phases: ``prepare`` (unpack the State aside, check its digest, answer
 ``prepared``), then ``commit`` (swap it in, answer ``committed``) or ``abort`` (drop it).
 
-Test hooks (for the reload tests, off unless set): ``FILTERDNS_TEST_REFUSE_PREPARE`` (a comma
-list of worker indexes that refuse every ``prepare``) and ``FILTERDNS_TEST_PREPARE_DELAY``
-(seconds a worker waits before answering ``prepare``).
+Test hooks (for the reload and start-up tests, off unless set): ``FILTERDNS_TEST_REFUSE_PREPARE``
+(a comma list of worker indexes that refuse every ``prepare``), ``FILTERDNS_TEST_PREPARE_DELAY``
+(seconds a worker waits before answering ``prepare``) and ``FILTERDNS_TEST_START_DELAY``
+(seconds a worker waits, holding its first config and inventory, before confirming them).
 """
 
 from __future__ import annotations
@@ -79,19 +84,13 @@ class Worker:
         reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=self.fd))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop.set)
-        # 1. the current config and inventory, before any listener opens
-        status = None
+        # 1. the current config and inventory, confirmed, before any socket is read
         try:
-            while self.holder is None or status is None:
-                msg = await channel.read(reader)
-                if msg["op"] == "install":
-                    self._install(msg)
-                elif msg["op"] == "status":
-                    status = load_status(msg["status"])
+            status = await self._start(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             return 1  # the supervisor is gone before we served anything
         self.inventory = Inventory(status)
-        # 2. listen, on the sockets the supervisor bound and passed down
+        # 2. read the sockets the supervisor bound and passed down
         socks = [(socket.socket(fileno=u), socket.socket(fileno=t)) for u, t in self.args["sockets"]]
         responder = Responder(self.holder, self.inventory, self.metrics)
         self.metrics.track_zones(self.holder)  # requests by zone
@@ -117,6 +116,34 @@ class Worker:
         if qtap is not None:
             qtap.close()
         return 0
+
+    async def _start(self, reader, writer):
+        """Take ``install`` and ``status`` until the supervisor says ``go``; confirm what is
+        held (``loaded``) after each change. Returns the inventory status to serve."""
+        status = None
+        delayed = False
+        while True:
+            msg = await channel.read(reader)
+            op = msg["op"]
+            if op == "go":
+                if self.holder is None or status is None:  # never sent before "loaded"
+                    raise ConnectionError("go before the config and the inventory")
+                return status
+            if op == "install":
+                self._install(msg)
+            elif op == "status":
+                status = load_status(msg["status"])
+            else:  # the supervisor sends a starting worker nothing else; ignore, stay safe
+                continue
+            if self.holder is None or status is None:
+                continue
+            delay = float(os.environ.get("FILTERDNS_TEST_START_DELAY") or 0)
+            if delay and not delayed:
+                delayed = True
+                await asyncio.sleep(delay)
+            channel.write(writer, {"op": "loaded", "generation": self.holder.state.generation,
+                                   "digest": self.digest, "status_generation": status.generation})
+            await writer.drain()
 
     async def _push_metrics(self, writer) -> None:
         while not self.stop.is_set():
