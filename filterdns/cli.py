@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rrl-log-only", action="store_true",
                    help="log and count what would be limited, but send every response")
     r.add_argument("--rrl-table-size", type=int, default=100_000, metavar="N",
-                   help="rate-limit buckets kept; the least recently used go first (default: %(default)s)")
+                   help="rate-limit buckets kept for the whole server (one table all workers share); "
+                        "the least recently used go first (default: %(default)s)")
     s.add_argument("--no-watch", action="store_true", help="do not reload when files under --zones/--chains change")
     s.add_argument("--no-health", action="store_true", help="do not run the configured health checks")
     s.add_argument("--seed", type=int, default=None, metavar="N",

@@ -22,6 +22,17 @@ Each bucket earns ``rate`` credits per second, holds at most one second's worth 
 and may go ``window`` seconds' worth into debt: a source that keeps flooding stays limited
 until it has been below its rate for up to ``window`` seconds (BIND's accounting window).
 
+**One table for the whole server.** The buckets live in a fixed table of 32-byte slots in
+shared memory (``RrlTable``, as Knot DNS's shared RRL table): the supervisor creates it once
+and every worker maps the same memory file, so ``--workers N`` still lets a prefix through at
+its rate, not N times it (the kernel gives one source's datagrams to whichever worker is
+waiting). A key's slot is found by a stable hash (the same in every process) among the 8
+slots of its group; when they are all taken, the group's least recently used is taken over.
+The workers update slots without a lock (whole 8-byte words, never a torn key): two workers
+charging the same bucket at the same instant may lose one of the two updates, letting one
+response through that a lock would have stopped - an error of a response per collision,
+against two system calls per response for a lock.
+
 Options (``filterdns serve --rrl-*``; defaults in brackets)::
 
     rate         responses per second per bucket; 0 turns RRL off                       [0]
@@ -32,11 +43,12 @@ Options (``filterdns serve --rrl-*``; defaults in brackets)::
     ipv6-prefix  IPv6 prefix length that makes one client                                [56]
     exempt       CIDR prefixes never limited (repeatable)                                [none]
     log-only     count and log what would be limited, but send every response            [off]
-    table-size   buckets kept (least recently used are dropped beyond it)                [100000]
+    table-size   buckets kept, for the whole server (least recently used taken over)     [100000]
 
 Metrics: ``filterdns_rrl_responses_total{class,action}`` with action ``passed``, ``dropped``,
 ``slipped``, ``logged`` (log-only: would have been limited) or ``exempt``;
-``filterdns_rrl_buckets`` (gauge) and ``filterdns_rrl_evictions_total``. A bucket that starts
+``filterdns_rrl_buckets`` (gauge: slots in use in the server's table) and
+``filterdns_rrl_evictions_total``. A bucket that starts
 being limited is logged once (at most 10 such lines a second).
 """
 
@@ -44,9 +56,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import mmap
+import os
 import socket
 import struct
 import time
+import zlib
 from dataclasses import dataclass, field
 
 log = logging.getLogger("filterdns.rrl")
@@ -56,6 +71,7 @@ _HDR = struct.Struct("!6H")
 _RRFIX = struct.Struct("!HHIH")
 _AA, _TC = 0x0400, 0x0200
 _PREFIX_CACHE_MAX = 65536
+_CLASS_BYTE = {c: bytes([i]) for i, c in enumerate(CLASSES)}
 
 
 @dataclass(frozen=True)
@@ -192,6 +208,121 @@ def slipped(msg: bytes) -> bytes:
     return _HDR.pack(qid, flags | _TC, qd, 0, 0, 1 if opt else 0) + msg[12:qend] + opt
 
 
+class RrlTable:
+    """The bucket table: groups of ``WAYS`` slots after a 16-byte header (slots in use), in
+    memory that every worker maps. A slot is four 8-byte words: key hash, credit, last time
+    (``time.monotonic()``, the same clock in every process of the host), and the limited
+    count (32 bits) beside the logged flag (32 bits).
+
+    A key lives in the group its hash names: in its own slot, else a free one, else the
+    group's least recently used slot is taken over. ``RrlTable.create(n)`` makes a shared table
+    (a memory file; pass ``fd`` to the workers, which call ``RrlTable.attach(fd, n)``);
+    ``RrlTable(n)`` a private one for one process.
+
+    No lock: every word is read and written whole (an aligned 8-byte load or store, which no
+    other process sees half done), so a reader never sees a torn key; what two workers
+    charging one bucket at the same instant can lose is one of their two updates, which lets
+    at most one extra response through per such collision. A lock per group (a POSIX record
+    lock) would cost two system calls per response, several microseconds."""
+
+    WAYS = 8
+    _HEAD = 2  # words of header
+
+    def __init__(self, slots: int, fd: int | None = None):
+        self.groups = max(1, -(-slots // self.WAYS))
+        self.slots = self.groups * self.WAYS
+        self.fd = fd
+        self.mem = mmap.mmap(-1 if fd is None else fd, self.size_of(slots))
+        self.q = memoryview(self.mem).cast("Q")  # key words, the header
+        self.d = memoryview(self.mem).cast("d")  # credit and last-time words
+        self.i = memoryview(self.mem).cast("I")  # limited count, logged flag
+
+    @classmethod
+    def size_of(cls, slots: int) -> int:
+        return 8 * (cls._HEAD + 4 * max(1, -(-slots // cls.WAYS)) * cls.WAYS)
+
+    @classmethod
+    def create(cls, slots: int) -> "RrlTable":
+        fd = os.memfd_create("filterdns-rrl", os.MFD_CLOEXEC)
+        os.ftruncate(fd, cls.size_of(slots))
+        return cls(slots, fd)
+
+    @classmethod
+    def attach(cls, fd: int, slots: int) -> "RrlTable":
+        return cls(slots, fd)
+
+    def close(self) -> None:
+        for v in (self.q, self.d, self.i):
+            v.release()
+        self.mem.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def used(self) -> int:
+        return self.q[0]
+
+    def charge(self, h: int, rate: float, floor: float, now: float) -> tuple[float, int, int, int]:
+        """Take one response from the bucket of key hash ``h`` (never 0): (credit left,
+        responses limited in a row, logged flag before, 0 / 1 new bucket / 2 new by eviction).
+        Earns ``rate`` per second up to ``rate``, owes down to ``floor``."""
+        q, d, iv = self.q, self.d, self.i
+        w, new = self._find(h)
+        if new:
+            q[w] = h
+            d[w + 1] = rate - 1.0
+            d[w + 2] = now
+            iv[2 * w + 6] = iv[2 * w + 7] = 0
+            return rate - 1.0, 0, 0, new
+        credit, last = d[w + 1], d[w + 2]
+        if now > last:
+            credit += (now - last) * rate
+            if credit > rate:
+                credit = rate
+            d[w + 2] = now
+        credit -= 1.0
+        if credit < floor:
+            credit = floor
+        d[w + 1] = credit
+        logged = iv[2 * w + 7]
+        if credit >= 0:  # within the rate (again): the next episode is logged anew
+            if logged:
+                iv[2 * w + 6] = iv[2 * w + 7] = 0
+            return credit, 0, logged, 0
+        limited = iv[2 * w + 6] + 1
+        iv[2 * w + 6] = limited
+        if not logged:
+            iv[2 * w + 7] = 1
+        return credit, limited, logged, 0
+
+    def _find(self, h: int) -> tuple[int, int]:
+        """(first word of the slot, 0 / 1 free slot taken / 2 least recently used taken over)."""
+        q, d = self.q, self.d
+        w = first = self._HEAD + (h % self.groups) * self.WAYS * 4
+        if q[w] == h:  # most often: the first slot of its group
+            return w, 0
+        oldest, oldest_t = first, None
+        for _ in range(self.WAYS):
+            key = q[w]
+            if key == h:
+                return w, 0
+            if key == 0:
+                q[0] += 1  # slots in use: a count to show, not exact
+                return w, 1
+            if oldest_t is None or d[w + 2] < oldest_t:
+                oldest, oldest_t = w, d[w + 2]
+            w += 4
+        return oldest, 2
+
+
+def _hash(key: bytes) -> int:
+    """A 64-bit hash of a bucket key, the same in every process (unlike ``hash``), never 0.
+    (CRC-32 and Adler-32 side by side: a third of a cryptographic hash's cost on the hot path;
+    a collision only makes two keys share a bucket, and an attacker who spoofs a victim's
+    prefix shares its buckets anyway.)"""
+    return (zlib.crc32(key) << 32 | zlib.adler32(key)) or 1
+
+
 class _NoMetrics:
     def rrl(self, cls, action):
         pass
@@ -207,15 +338,17 @@ class Rrl:
     """Decides, per UDP response, whether it is sent, dropped or sent truncated.
 
     ``limit(msg, src)`` returns the bytes to send or None. Never raises for a response the
-    responder made; cheap on the common path (one prefix cache look-up, one dict move).
+    responder made; cheap on the common path (one prefix cache look-up, one hash, one slot
+    read and write). ``table``: the server's shared ``RrlTable`` (workers), or None for a
+    private one of ``table_size`` slots (one process).
     """
 
-    def __init__(self, config: RrlConfig, metrics=None, clock=time.monotonic):
+    def __init__(self, config: RrlConfig, metrics=None, clock=time.monotonic, table: RrlTable | None = None):
         self.cfg = config
         self.metrics = metrics if metrics is not None else _NoMetrics()
         self.clock = clock
         self.rates = {c: config.rate_of(c) for c in CLASSES}
-        self.table: dict = {}  # key -> [credit, last time, limited count, logged]
+        self.table = table if table is not None else RrlTable(config.table_size)
         self.evictions = 0
         self._prefixes: dict = {}  # source address text -> (prefix key, text, exempt)
         self._exempt = [ipaddress.ip_network(n) for n in config.exempt]
@@ -236,45 +369,28 @@ class Rrl:
         if rate <= 0:
             return msg
         if cls == "response" or cls == "nodata":
-            key = (p[0], cls, msg[12:_question_end(msg)].lower())
+            qname = msg[12:_question_end(msg)].lower()
+            key = p[0] + _CLASS_BYTE[cls] + qname
         else:
-            key = (p[0], cls)
-        table = self.table
-        now = self.clock()
-        b = table.pop(key, None)
-        if b is None:
-            if len(table) >= self.cfg.table_size:
-                del table[next(iter(table))]  # the least recently used
+            qname = b""
+            key = p[0] + _CLASS_BYTE[cls]
+        h = _hash(key)
+        credit, limited, logged, new = self.table.charge(h, rate, -self.cfg.window * rate, self.clock())
+        if new:
+            if new == 2:
                 self.evictions += 1
                 m.rrl_eviction()
-            table[key] = [rate - 1.0, now, 0, False]
-            m.rrl(cls, "passed")
-            m.rrl_buckets(len(table))
-            return msg
-        table[key] = b  # most recently used now
-        credit = b[0] + (now - b[1]) * rate
-        if credit > rate:
-            credit = rate
-        credit -= 1.0
-        floor = -self.cfg.window * rate
-        if credit < floor:
-            credit = floor
-        b[0] = credit
-        b[1] = now
+            m.rrl_buckets(self.table.used())
         if credit >= 0:
-            if b[3]:
-                b[3] = False  # below the rate again: the next episode is logged anew
             m.rrl(cls, "passed")
             return msg
-        b[2] += 1
-        if not b[3]:
-            b[3] = True
-            self._log(p[1], cls, key, rate)
+        if not logged:
+            self._log(p[1], cls, qname, rate)
         if self.cfg.log_only:
             m.rrl(cls, "logged")
             return msg
         slip = self.cfg.slip
-        if slip and b[2] % slip == 0:
+        if slip and limited % slip == 0:
             m.rrl(cls, "slipped")
             return slipped(msg)
         m.rrl(cls, "dropped")
@@ -304,13 +420,13 @@ class Rrl:
         net = ipaddress.ip_network((n, bits)) if fam == 4 else ipaddress.IPv6Network((n, bits))
         addr = ipaddress.ip_address(raw)
         exempt = any(addr in e for e in self._exempt if e.version == addr.version)
-        p = ((fam, n), str(net), exempt)
+        p = (bytes([fam]) + n.to_bytes(16, "big"), str(net), exempt)
         if len(self._prefixes) >= _PREFIX_CACHE_MAX:
             self._prefixes.clear()
         self._prefixes[host] = p
         return p
 
-    def _log(self, prefix: str, cls: str, key, rate: float) -> None:
+    def _log(self, prefix: str, cls: str, qname: bytes, rate: float) -> None:
         now = self.clock()
         second = int(now)
         if self._log_budget[0] != second:
@@ -319,16 +435,15 @@ class Rrl:
             return
         self._log_budget[1] += 1
         what = ""
-        if len(key) > 2:
+        if qname:  # the question: name, type, class
             from filterdns.dns.wire import name_to_text
 
-            qname = key[2][:-4]
-            qtype = key[2][-4] << 8 | key[2][-3]
-            what = f" for {name_to_text(qname)} type {qtype}"
+            qtype = qname[-4] << 8 | qname[-3]
+            what = f" for {name_to_text(qname[:-4])} type {qtype}"
         log.warning("rrl: %s responses to %s%s over %g/s: %s", cls, prefix, what, rate,
                     "logging only (--rrl-log-only)" if self.cfg.log_only
                     else f"limiting (1 in {self.cfg.slip} sent truncated)" if self.cfg.slip
                     else "limiting (dropped)")
 
     def buckets(self) -> int:
-        return len(self.table)
+        return self.table.used()

@@ -409,7 +409,8 @@ class Metrics:
 
 
 #: scalars that are gauges (kept, not summed... except open TCP connections which do add up)
-_MAX_SCALARS = frozenset({"config_generation", "last_reload_success"})
+# gauges every worker reads from one shared place (the RRL table): the same value, not a share
+_MAX_SCALARS = frozenset({"config_generation", "last_reload_success", "rrl_buckets"})
 
 
 def merge(snapshots: Iterable[dict]) -> dict:

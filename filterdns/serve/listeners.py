@@ -87,13 +87,14 @@ def sockets_text(socks) -> str:
 class DnsListeners:
     """UDP and TCP transports of one process, all answering through one Responder."""
 
-    def __init__(self, responder, metrics, tcp: dict, rrl: dict | None = None):
-        """``tcp``: ServeOptions.tcp_limits(); ``rrl``: RrlConfig.to_dict() or None (off)."""
+    def __init__(self, responder, metrics, tcp: dict, rrl: dict | None = None, rrl_table=None):
+        """``tcp``: ServeOptions.tcp_limits(); ``rrl``: RrlConfig.to_dict() or None (off);
+        ``rrl_table``: the server's shared RrlTable (workers), None for one of its own."""
         self.responder = responder
         if rrl:
             from filterdns.dns.rrl import Rrl, RrlConfig
 
-            responder.rrl = Rrl(RrlConfig.from_dict(rrl), metrics)
+            responder.rrl = Rrl(RrlConfig.from_dict(rrl), metrics, table=rrl_table)
         self.tcp_state = TcpServerState(responder, metrics, **tcp)
         self.transports: list = []
         self.servers: list = []

@@ -111,6 +111,7 @@ class Supervisor(Runtime):
         self.socks: list = []
         self.geo_fd: int | None = None
         self.serving: Packed | None = None  # what every worker serves (or gets when it starts)
+        self.rrl_table = None  # the RRL buckets every worker updates (dns/rrl.py), when on
         self._seq = 0
         self._tasks: set[asyncio.Task] = set()
 
@@ -138,6 +139,10 @@ class Supervisor(Runtime):
     # ---------------------------------------------------------------- lifecycle
     async def start_dns(self, timeout: float = 20.0) -> None:
         self.socks = bind_sockets(self.opts.listen)
+        if self.opts.rrl:  # one table for the server: a prefix gets its rate, not N times it
+            from filterdns.dns.rrl import RrlTable
+
+            self.rrl_table = RrlTable.create(self.opts.rrl["table_size"])
         log.info("listening on %s (udp, tcp), shared by %d workers", sockets_text(self.socks), self.n)
         self.inventory.subscribe(self._on_inventory)
         for w in self.workers:
@@ -157,10 +162,10 @@ class Supervisor(Runtime):
             "geo_fd": self.geo_fd, "geo_path": getattr(self.geo, "path", None),
             "log_format": o.log_format, "verbose": o.verbose, "server_id": o.server_id,
             "tap": tap.options(o),
+            "rrl_fd": self.rrl_table.fd if self.rrl_table is not None else None,
         }
         fds = (child.fileno(),) + tuple(fd for pair in args["sockets"] for fd in pair)
-        if self.geo_fd is not None:
-            fds += (self.geo_fd,)
+        fds += tuple(fd for fd in (self.geo_fd, args["rrl_fd"]) if fd is not None)
         w.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "filterdns.serve.worker", str(child.fileno()), repr(args),
             pass_fds=fds, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL)
@@ -269,6 +274,9 @@ class Supervisor(Runtime):
         if self.geo_fd is not None:
             os.close(self.geo_fd)
             self.geo_fd = None
+        if self.rrl_table is not None:
+            self.rrl_table.close()
+            self.rrl_table = None
 
     # ---------------------------------------------------------------- fan-out
     async def propagated(self, generation: int, timeout: float = 2.0) -> bool:

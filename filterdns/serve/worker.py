@@ -92,10 +92,15 @@ class Worker:
         self.inventory = Inventory(status)
         # 2. read the sockets the supervisor bound and passed down
         socks = [(socket.socket(fileno=u), socket.socket(fileno=t)) for u, t in self.args["sockets"]]
+        rrl_table = None
+        if self.args.get("rrl_fd") is not None:  # the server's one RRL table, shared
+            from filterdns.dns.rrl import RrlTable
+
+            rrl_table = RrlTable.attach(self.args["rrl_fd"], self.args["rrl"]["table_size"])
         responder = Responder(self.holder, self.inventory, self.metrics)
         self.metrics.track_zones(self.holder)  # requests by zone
         responder.tap = qtap = tap.build(self.holder, self.metrics, self.args.get("tap"), worker=self.index)
-        dns = DnsListeners(responder, self.metrics, self.args["tcp"], self.args["rrl"])
+        dns = DnsListeners(responder, self.metrics, self.args["tcp"], self.args["rrl"], rrl_table=rrl_table)
         await dns.open(socks)
         st = self.holder.state
         log.debug("listening on %d inherited socket pair(s), generation %d", len(socks), st.generation)
