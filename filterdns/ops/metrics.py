@@ -409,7 +409,7 @@ class Metrics:
 
 
 #: scalars that are gauges (kept, not summed... except open TCP connections which do add up)
-# gauges every worker reads from one shared place (the RRL table): the same value, not a share
+# (rrl_buckets: every worker reads the one shared table, so each reports the same value)
 _MAX_SCALARS = frozenset({"config_generation", "last_reload_success", "rrl_buckets"})
 
 
