@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
+from filterdns.cache import Cache
 from filterdns.config.schema import Field
 from filterdns.routing.geo import COUNTRIES, Location, great_circle_km
 from filterdns.routing.inventory import Region
@@ -94,6 +95,10 @@ class Filter:
     reads_client: ClassVar[bool] = False
     needs_prefix: ClassVar[bool] = False
     random: ClassVar[bool] = False
+    #: keeps or drops each answer by that answer's own metadata alone (not the client, not the
+    #: other answers): applied to a subset of answers, it drops the same ones. The chain uses it
+    #: to see that an answer is the same for every client (ECS scope 0).
+    per_answer: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any], build: BuildContext):
         self.options = MappingProxyType(dict(options))
@@ -142,7 +147,7 @@ def as_codes(v: Any) -> frozenset[str] | None:
     return None
 
 
-_NET_CACHE: dict[Any, tuple] = {}
+_NET_CACHE = Cache(4096)  # configured prefix text -> parsed networks
 
 
 def as_networks(v: Any) -> tuple:
@@ -159,10 +164,7 @@ def as_networks(v: Any) -> tuple:
                 out.append(ipaddress.ip_network(str(s), strict=False))
             except ValueError:
                 continue
-        nets = tuple(out)
-        if len(_NET_CACHE) > 4096:
-            _NET_CACHE.clear()
-        _NET_CACHE[key] = nets
+        nets = _NET_CACHE.put(key, tuple(out))
     return nets
 
 
@@ -181,20 +183,11 @@ def distance_from(origin: tuple[float, float] | None, region: Region) -> float:
     return great_circle_km(origin[0], origin[1], p[0], p[1])
 
 
-class KeyCache:
-    """A bounded dict of per-location sort keys (location key → {region: key})."""
+class KeyCache(Cache):
+    """A bounded map of per-location sort keys (location key → {region: key});
+    ``filterdns.cache.Cache`` (two-generation swap table)."""
 
-    __slots__ = ("_d", "_max")
+    __slots__ = ()
 
     def __init__(self, max_entries: int = 4096):
-        self._d: dict = {}
-        self._max = max_entries
-
-    def get(self, key: Any) -> Any:
-        return self._d.get(key)
-
-    def put(self, key: Any, value: Any) -> Any:
-        if len(self._d) >= self._max:
-            self._d.clear()
-        self._d[key] = value
-        return value
+        super().__init__(max_entries)
