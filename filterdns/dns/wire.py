@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from filterdns.cache import Cache
 from filterdns.dns import identity
 from filterdns.model import BADVERS, FORMERR, NOTIMP, OPT
 
@@ -87,6 +88,14 @@ class ECS:
             s = min(scope, 32 if self.family == 1 else 128)
             body = struct.pack("!HBB", self.family, self.source, s) + self.raw_addr
             out = self._echo[scope] = struct.pack("!HH", EDNS_ECS, len(body)) + body
+        return out
+
+    def opt(self, scope: int, do: bool) -> bytes:
+        """Our whole OPT record carrying this option back with ``scope`` (made once per pair)."""
+        k = scope + (1024 if do else 512)  # apart from echo()'s keys (the scopes)
+        out = self._echo.get(k)
+        if out is None:
+            out = self._echo[k] = opt_record(do=do, options=self.echo(scope))
         return out
 
     def __repr__(self) -> str:
@@ -186,17 +195,14 @@ def _skip_name(data: bytes, off: int, end: int) -> int:
     return _read_name(data, off, end)[1]
 
 
-_ECS_CACHE: dict[bytes, ECS] = {}
+_ECS_CACHE = Cache(50_000)  # option bytes -> ECS (bounded: filterdns.cache)
 
 
 def _parse_ecs(body: bytes) -> ECS:
     """Validated ECS option (cached by its bytes: resolvers repeat the same subnets)."""
     e = _ECS_CACHE.get(body)
     if e is None:
-        e = _parse_ecs_uncached(body)
-        if len(_ECS_CACHE) >= 50_000:
-            _ECS_CACHE.clear()
-        _ECS_CACHE[body] = e
+        e = _ECS_CACHE.put(body, _parse_ecs_uncached(body))
     return e
 
 
@@ -507,7 +513,10 @@ def render(q: Query, rcode: int, aa: bool, an: int, ns: int, ar: int, body: byte
         if q.ecs is None and not nsid:
             opt = _OPT_DO if q.do else _OPT_PLAIN
         else:
-            opt = opt_record(do=q.do, options=(q.ecs.echo(scope) if q.ecs is not None else b"") + nsid)
+            if nsid:
+                opt = opt_record(do=q.do, options=(q.ecs.echo(scope) if q.ecs is not None else b"") + nsid)
+            else:
+                opt = q.ecs.opt(scope, q.do)
         msg = b"".join((_HDR.pack(q.id, flags, 1, an, ns, ar + 1), q.question, body, opt))
         if nsid and len(msg) > limit:  # NSID is a courtesy: leave it out rather than truncate
             opt = opt[:-len(nsid)]

@@ -26,13 +26,14 @@ from __future__ import annotations
 import csv
 import math
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 import maxminddb
 
+from filterdns.cache import Cache
 from filterdns.errors import ConfigError, Problem
 from filterdns.model import Client
 
@@ -45,6 +46,7 @@ ROUTING_DB = _DATA / "dbip-routing.mmdb"
 DEFAULT_DB = ROUTING_DB if ROUTING_DB.is_file() else COUNTRY_DB
 COUNTRIES_CSV = _DATA / "countries.csv"
 
+#: addresses whose location is kept (per generation of the bounded cache, filterdns.cache)
 _CACHE_MAX = 65536
 #: networks ``GeoDB.widest`` may look at for one block (bounds the first query's cost)
 WIDEN_BUDGET = 512
@@ -95,15 +97,21 @@ class Location:
     prefix_len: int
     asn: int | None = None
     network: int = 0
+    #: the address family of ``network`` (4 or 6; 0 when made by hand)
+    family: int = 0
+    #: what location-based filters depend on (a cache key); excludes the prefix and network
+    key: tuple = field(init=False, repr=False, compare=False)
+    #: the database network: (family, network, prefix_len) (a cache key)
+    net: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.country, self.subdivision, self.continent, self.lat,
+                                         self.lon, self.asn))
+        object.__setattr__(self, "net", (self.family, self.network, self.prefix_len))
 
     @property
     def known(self) -> bool:
         return self.country is not None or self.lat is not None
-
-    @property
-    def key(self) -> tuple:
-        """What location-based filters depend on (a cache key); excludes the prefix."""
-        return (self.country, self.subdivision, self.continent, self.lat, self.lon, self.asn)
 
 
 UNKNOWN = Location(None, None, None, None, None, 0)
@@ -117,10 +125,11 @@ def _code(v: Any) -> str | None:
     return None
 
 
-def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int, network: int = 0) -> Location:
+def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int, network: int = 0,
+                         family: int = 0) -> Location:
     """Turn one database record (any format) into a ``Location``; fill gaps from COUNTRIES."""
     if not rec:
-        return Location(None, None, None, None, None, prefix_len, None, network)
+        return Location(None, None, None, None, None, prefix_len, None, network, family)
     country = _code(rec.get("country_code"))
     continent = _code(rec.get("continent_code") or rec.get("continent"))  # ip-location-db city
     lat = lon = None
@@ -160,7 +169,7 @@ def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int, network
     if country is None:
         sub = None
     return Location(country, sub, continent, lat, lon, prefix_len, asn if isinstance(asn, int) else None,
-                    network)
+                    network, family)
 
 
 class GeoDB:
@@ -171,7 +180,7 @@ class GeoDB:
     def __init__(self, reader: Any, path: str):
         self.path = path
         self._reader = reader
-        self._cache: dict[tuple[str, int], Location] = {}
+        self._cache = Cache(_CACHE_MAX)  # address text -> Location
 
     @classmethod
     def open(cls, path: str | None = None) -> "GeoDB":
@@ -193,14 +202,13 @@ class GeoDB:
 
     def locate(self, client: Client) -> Location:
         """The location of ``client`` (its ECS address, or the resolver's address)."""
-        key = (client.address, client.family)
-        loc = self._cache.get(key)
-        if loc is not None:
-            return loc
-        loc = self.lookup(client.address)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[key] = loc
+        a = client.address  # IPv4 and IPv6 text never collide
+        cache = self._cache
+        loc = cache.new.get(a)
+        if loc is None:
+            loc = cache.get(a)
+            if loc is None:
+                loc = cache.put(a, self.lookup(a))
         return loc
 
     def lookup(self, address: str) -> Location:
@@ -220,7 +228,7 @@ class GeoDB:
         if mapped:
             plen += 96
             network |= 0xFFFF << 32
-        return location_from_record(rec, plen, network)
+        return location_from_record(rec, plen, network, 6 if bits == 128 or mapped else 4)
 
     def widest(self, family: int, loc: Location, same: Callable[[Location], bool],
                budget: int = WIDEN_BUDGET) -> int:
@@ -264,7 +272,7 @@ class GeoDB:
                 except TypeError:  # nested records (GeoLite2): not hashable, not cached
                     loc_n, rk = None, False
                 if loc_n is None:
-                    loc_n = location_from_record(rec, plen, a)
+                    loc_n = location_from_record(rec, plen, a, family)
                     if rk is not False:
                         seen[rk] = loc_n
                 if not same(loc_n):
