@@ -182,10 +182,29 @@ def test_fallback_options(tmp_path, geo, fallback, regions):
     assert len(res.addresses) == sum({"r1": 1, "r2": 2}[r] for r in regions)
 
 
-def test_aaaa_nodata_when_selected_region_has_no_v6(tmp_path, geo):
+def test_aaaa_candidates_are_the_regions_with_v6(tmp_path, geo):
+    # r2 (the default region) has no IPv6 endpoint: it is no AAAA candidate, so the fallback
+    # answers r1's AAAA instead of NODATA; A still gets the default region
     ch = _one_region_chain(tmp_path, "default_region")
-    res = ch.records["w.example.com."].resolve(AAAA, GB24, geo, Status(), random.Random(1))
-    assert res.regions == ("r2",) and res.addresses == ()
+    rec = ch.records["w.example.com."]
+    for resolve in (rec.resolve, lambda *a: rec._resolve_full(*a, False)):
+        res = resolve(AAAA, GB24, geo, Status(), random.Random(1))
+        assert res.regions == ("r1",) and len(res.addresses) == 1, res
+        res = resolve(A, GB24, geo, Status(), random.Random(1))
+        assert res.regions == ("r2",) and len(res.addresses) == 2, res
+
+
+def test_aaaa_nodata_only_when_no_region_has_v6(tmp_path, geo):
+    (tmp_path / "a.yaml").write_text("""
+regions:
+  r1: {country: GB, meta: {up: true}, services: {web: {v4: [192.0.2.1]}}}
+  r2: {country: US, meta: {up: true}, services: {web: {v4: [192.0.2.2]}}}
+records:
+  w.example.com: {service: web, chain: [up, geotarget_country, select_first_n]}
+""")
+    rec = load_chains(tmp_path, ["example.com."]).records["w.example.com."]
+    res = rec.resolve(AAAA, GB24, geo, Status(), random.Random(1))
+    assert res.regions == () and res.addresses == ()
 
 
 # -- ECS scope --------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_second_query_from_the_network_is_a_lookup(tmp_path, geo):
     cl = c("11.0.5.0/24")
     rec.resolve(A, cl, geo, UP, random.Random(1))
     loc = geo.locate(cl)
-    assert rec._memo[2][(4, loc.network, loc.prefix_len)] == 17
+    assert rec._memo4.nets.get(loc.net) == 17 and loc.net == (4, loc.network, loc.prefix_len)
     # another network of the same uniform block: found through the block cache
     other = c("11.0.99.0/24")
     assert rec.resolve(A, other, geo, UP, random.Random(1)).scope == 17

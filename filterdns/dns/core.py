@@ -137,13 +137,78 @@ def _wildcard(zone, name: bytes):
     return None
 
 
+class Route:
+    """The part of a decision fixed by the query and the config when it reaches a dynamic
+    record: the record, the answer records before it (a CNAME chain, owner ``None`` = the
+    query name), the owner of its addresses and the zone (for the SOA of a NODATA).
+
+    ``plan`` returns it; ``route_decision`` finishes it for one client. Per config generation
+    the same (name, type, class) always gets the same Route, so callers may cache it, and with
+    it what they render from a route's decision keyed by the ``Resolution``'s addresses.
+    """
+
+    __slots__ = ("record", "answer", "owner", "zone", "qtype", "uses_resolver")
+
+    def __init__(self, record, answer, owner, zone, qtype):
+        self.record = record
+        self.answer = tuple(answer)
+        self.owner = owner
+        self.zone = zone
+        self.qtype = qtype
+        #: whether ``route`` reads its ``resolver`` argument (records with ``ecs: false``);
+        #: callers may pass None otherwise
+        self.uses_resolver = not record.ecs
+
+    def __repr__(self) -> str:
+        return f"Route({self.record.name}, qtype={self.qtype}, cname={len(self.answer)})"
+
+
 def decide(q, client, state, status, rng, trace: bool = False, resolver=None) -> Decision:
     """Decide the answer for one parsed query (see the module docstring).
 
     ``client`` is where the query comes from for routing (the ECS subnet, else the resolver);
     ``resolver`` is the packet's source, used instead by records configured with ``ecs: false``
     (their answers then carry ECS scope 0: valid for every client of that resolver).
+    This is ``plan`` followed, for a dynamic record, by ``route`` and ``route_decision``:
+    the one policy path; the responder's caches store what these return.
     """
+    p = plan(q, state)
+    if p.__class__ is Decision:
+        return p
+    res, scope = route(p, client, resolver, state.geo, status, rng, trace)
+    return route_decision(p, res, scope)
+
+
+def route(r: Route, client, resolver, geo, status, rng, trace: bool = False):
+    """Run the route's record for one client: ``(Resolution, ECS scope)``.
+
+    A record with ``ecs: false`` routes on the resolver (``resolver``, when the query had ECS)
+    and answers scope 0. The scope is the chain's only when the location came from ECS with a
+    source prefix above 0: a /0 source (RFC 7871 §7.1.2: the client's address must not be
+    used) and queries routed on the resolver's address get scope 0.
+    """
+    rec = r.record
+    who = client if rec.ecs or resolver is None else resolver
+    res = rec.resolve(r.qtype, who, geo, status, rng, trace)
+    return res, (res.scope if rec.ecs and who.ecs else 0)
+
+
+def route_decision(r: Route, res, scope: int) -> Decision:
+    """The Decision of a route for one chain outcome: its addresses, or NODATA with the SOA
+    when the selected regions have none of the asked family."""
+    answer = list(r.answer)
+    if res.addresses:
+        owner, qtype, ttl = r.owner, r.qtype, r.record.ttl
+        for addr in res.addresses:
+            answer.append((owner, qtype, IN, ttl, addr))
+        return Decision(NOERROR, True, answer, scope=scope, record=r.record, resolution=res)
+    return Decision(NOERROR, True, answer, [r.zone.soa_record()], scope=scope, record=r.record,
+                    resolution=res)
+
+
+def plan(q, state):  # noqa: C901 - one walk of RFC 1034 §4.3.2, kept in one place
+    """What the query gets as far as the query and the config decide it: a ``Decision``, or
+    a ``Route`` when the answer comes from a dynamic record's chain (see ``route``)."""
     qtype = q.qtype
     if q.qclass != IN or qtype == AXFR or qtype == IXFR:
         if q.qclass == CH and identity.TXT_RDATA and q.qname_lower in _CHAOS_NAMES:
@@ -157,8 +222,6 @@ def decide(q, client, state, status, rng, trace: bool = False, resolver=None) ->
     answer: list = []
     name = q.qname_lower
     owner = None  # the query name, rendered as a pointer to the question
-    record = resolution = None
-    scope = 0
     for _ in range(MAX_CHASE + 1):
         if zone.cuts:
             cut = _find_cut(zone, name)
@@ -180,11 +243,10 @@ def decide(q, client, state, status, rng, trace: bool = False, resolver=None) ->
         if not exists:
             if name in zone.names:
                 break  # empty non-terminal: NODATA
-            return Decision(NXDOMAIN, True, answer, [zone.soa_record()], scope=scope,
-                            record=record, resolution=resolution)
+            return Decision(NXDOMAIN, True, answer, [zone.soa_record()])
         if qtype == ANY:
             answer.append((owner, HINFO, IN, zone.neg_ttl, _RFC8482))
-            return Decision(NOERROR, True, answer, scope=scope, record=record, resolution=resolution)
+            return Decision(NOERROR, True, answer)
         rrsets = node.rrsets if node is not None else {}
         rr = rrsets.get(qtype)
         if rr is not None:
@@ -192,34 +254,20 @@ def decide(q, client, state, status, rng, trace: bool = False, resolver=None) ->
             additional = []
             if rr.targets:
                 _addresses_for(zone, rr.targets, additional)
-            return Decision(NOERROR, True, answer, (), additional, scope=scope, record=record,
-                            resolution=resolution)
+            return Decision(NOERROR, True, answer, (), additional)
         if dyn is not None and qtype in dyn.types:
-            record = dyn
-            who = client if dyn.ecs or resolver is None else resolver
-            resolution = dyn.resolve(qtype, who, state.geo, status, rng, trace)
-            scope = resolution.scope if dyn.ecs else 0
-            if resolution.addresses:
-                ttl = dyn.ttl
-                for addr in resolution.addresses:
-                    answer.append((owner, qtype, IN, ttl, addr))
-                return Decision(NOERROR, True, answer, scope=scope, record=record,
-                                resolution=resolution)
-            break  # NODATA: the selected regions have no address of this family
+            return Route(dyn, answer, owner, zone, qtype)
         cname = rrsets.get(CNAME)
         if cname is not None and qtype != CNAME:
             _rrset_records(owner, cname, answer)
             target = cname.rdatas[0][0]
             if not _in_zone(zone, target.lower) or target.lower == name:
-                return Decision(NOERROR, True, answer, scope=scope, record=record,
-                                resolution=resolution)
+                return Decision(NOERROR, True, answer)
             name = target.lower
             owner = target
             continue
         break  # NODATA
     else:
         # too many CNAME links (or a loop): answer what we have
-        return Decision(NOERROR, True, answer, scope=scope, record=record, resolution=resolution)
-    return Decision(NOERROR, True, answer, [zone.soa_record()], scope=scope, record=record,
-                    resolution=resolution)
-
+        return Decision(NOERROR, True, answer)
+    return Decision(NOERROR, True, answer, [zone.soa_record()])

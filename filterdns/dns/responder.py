@@ -4,9 +4,23 @@ The transports call ``Responder.respond`` with the packet bytes, the source addr
 size limit; it never raises. Malformed packets get FORMERR (or are dropped) and are counted; an
 exception while answering gets SERVFAIL, is logged once with its traceback and counted.
 
-Answers that depend only on (name, type, class) and the config - everything but dynamic
-records - are rendered once per config generation and reused (``cache``): per query only the
-header, the question and the OPT record are assembled.
+One policy path: ``core`` decides every answer and ``wire`` writes every byte; this module
+only orchestrates caches and metrics. Its caches hold what that path returns, keyed by what
+it depends on, never a second implementation of it:
+
+* ``plans``: (name, type, class) -> ``core.plan``'s result for this config generation: the
+  rendered answer when the config alone decides it (static records, NXDOMAIN, referrals ...),
+  else the ``core.Route`` to a dynamic record;
+* for a Route, ``core.route`` runs the record's chain for this client (the routing layer
+  memoises it per geo location and region-state snapshot, and the ECS scope per database
+  network: not per client subnet), and ``bodies`` holds the rendered answer per
+  (Route, addresses the chain chose), rendered from ``core.route_decision``;
+* ``signed``: rendered signed answers (DNSSEC), fresh for ``SIGNED_FRESH`` seconds.
+
+Per query only the header, the question and the OPT record (with the ECS scope) are
+assembled. Every cache is a bounded ``filterdns.cache.Cache``; a new generation empties them.
+``tests/test_fastpath.py`` checks the cached answers byte for byte against ``cache=False``
+(``core.decide`` and ``wire.render_decision`` for every query) over many client subnets.
 """
 
 from __future__ import annotations
@@ -16,18 +30,19 @@ import random
 import struct
 import time
 
+from filterdns.cache import Cache
 from filterdns.dns import dnssec, wire
-from filterdns.dns.core import decide
+from filterdns.dns.core import Route, decide, plan, route, route_decision
 from filterdns.model import FORMERR, NOTIMP, SERVFAIL, Client
 
 log = logging.getLogger("filterdns.query")
 
 _perf = time.perf_counter
+#: entries per generation of each answer cache (filterdns.cache: at most 3x this are held)
 CACHE_MAX = 20000
-ROUTES_MAX = 100_000
 #: a rendered signed answer is reused this long (its signatures are valid for days)
 SIGNED_FRESH = 3600
-_RRFIX = struct.Struct("!HHIH")
+_SOURCES = Cache(65536)  # packet source address -> its Client
 
 
 class NullMetrics:
@@ -45,17 +60,36 @@ def client_of(q: wire.Query, src) -> Client:
         if c is None:  # ECS objects are shared per subnet (wire caches them): make it once
             c = e.client = Client(e.address, 4 if e.family == 1 else 6, e.source, True)
         return c
-    return source_client(src)
+    c = _SOURCES.new.get(src[0]) if src else None
+    return c if c is not None else source_client(src)
 
 
 def source_client(src) -> Client:
     """The packet's source address as a routing location (IPv4-mapped IPv6 as IPv4)."""
     host = src[0] if src else "0.0.0.0"
-    if ":" in host:
-        if host.startswith("::ffff:") and "." in host:
-            return Client(host[7:], 4, 32, False)
-        return Client(host, 6, 128, False)
-    return Client(host, 4, 32, False)
+    c = _SOURCES.new.get(host)
+    if c is None:
+        c = _SOURCES.get(host)
+    if c is None:
+        if ":" in host:
+            if host.startswith("::ffff:") and "." in host:
+                c = Client(host[7:], 4, 32, False)
+            else:
+                c = Client(host, 6, 128, False)
+        else:
+            c = Client(host, 4, 32, False)
+        _SOURCES.put(host, c)
+    return c
+
+
+def _rendered(q: wire.Query, d) -> tuple:
+    """A decision rendered for reuse: (rcode, aa, an, ns, ar, body, body without the optional
+    additional records or None); ``answer`` assembles it as ``wire.render_decision`` would."""
+    body = wire.render_body(q, d.answer, d.authority, d.additional)
+    short = None
+    if d.additional and not d.glue_required:
+        short = wire.render_body(q, d.answer, d.authority, ())
+    return (d.rcode, d.aa, len(d.answer), len(d.authority), len(d.additional), body, short)
 
 
 class Responder:
@@ -66,18 +100,19 @@ class Responder:
         self.metrics = metrics or NullMetrics()
         self.rng = rng or random.Random()
         self.use_cache = cache
-        self.cache: dict = {}  # (name, type, class) -> rendered static answer
-        self.bodies: dict = {}  # (addresses, type, ttl) -> rendered dynamic answer records
-        self.fast_dynamic: dict = {}  # lowercase wire name -> DynamicRecord
-        # (name, type, client subnet or source) -> (status, count, body, scope, regions, removed)
-        self.routes: dict = {}
+        #: (name, type, class) -> a core.Route, or a rendered answer (static: fixed per config)
+        self.plans = Cache(CACHE_MAX)
+        #: (Route, the chain's addresses) -> the rendered answer of that route's decision
+        self.bodies = Cache(CACHE_MAX)
+        #: (name, type, class, addresses or None) -> (fresh until, rendered signed answer)
+        self.signed = Cache(CACHE_MAX)
         self.cache_gen = -1
-        self.signed: dict = {}
         self.signers: dict = {}  # lowercase wire origin -> dnssec.Signer (signed zones)
-        self.dyn_signers: dict = {}  # lowercase wire name of a fast dynamic record -> its zone's Signer
         self._logged: set[str] = set()
         self.rrl = None  # an rrl.Rrl for UDP responses, or None
         self.tap = None  # a serve.tap.Tap (query log, dnstap), or None
+        #: unexpected exceptions (parser or answer bugs) that respond() caught: SERVFAIL or drop
+        self.errors = 0
 
     # ------------------------------------------------------------------ the query path
     def respond(self, data: bytes, src, transport: str, limit: int) -> bytes | None:
@@ -99,12 +134,14 @@ class Responder:
                 m.query(transport, 0, e.rcode, False, _perf() - t0)
             return wire.formerr_response(e)
         except Exception:  # a parser bug must not kill the transport
+            self.errors += 1
             self._log_once("parse")
             m.malformed(transport, "other")
             return None
         try:
             msg, rcode, tc = self.answer(q, src, limit)
         except Exception:
+            self.errors += 1
             self._log_once("answer")
             m.servfail_exception()
             msg, tc = wire.render(q, SERVFAIL, False, 0, 0, 0, b"", 0, limit or wire.udp_limit(q))
@@ -127,6 +164,9 @@ class Responder:
         return msg
 
     def answer(self, q: wire.Query, src, limit: int) -> tuple[bytes, int, bool]:
+        """The answer to one parsed query: ``core`` decides (``plan``, then ``route`` for a
+        dynamic record), ``wire`` renders; what is cached is what those return (see the
+        module docstring), so a cached answer is the uncached one, byte for byte."""
         state = self.holder.state
         if not limit:
             limit = wire.udp_limit(q)
@@ -136,73 +176,44 @@ class Responder:
             signed = self._answer_signed(q, src, limit, state)
             if signed is not None:
                 return signed
-        if self.use_cache:
-            # the common dynamic query: the record's own name, A or AAAA, class IN
-            dyn = self.fast_dynamic.get(q.qname_lower)
-            if dyn is not None and q.qclass == 1 and q.qtype in dyn.types:
-                status = self.inventory.status
-                e = q.ecs
-                by_ecs = dyn.ecs and e is not None and e.source
-                rkey = (q.qname_lower, q.qtype, e.key if by_ecs else src[0])
-                hit = self.routes.get(rkey)
-                if hit is not None and hit[0] is status:
-                    _, n, body, scope, regions, removed = hit
-                    self.metrics.answer(dyn.name, regions)
-                    if removed:
-                        self.metrics.filter_removed(removed)
-                    n, body = self._sign_dynamic(q, dyn, n, body) if q.do else (n, body)
-                    msg, tc = wire.render(q, 0, True, n, 0, 0, body, scope, limit)
-                    return msg, 0, tc
-                who = client_of(q, src) if dyn.ecs else source_client(src)
-                res = dyn.resolve(q.qtype, who, state.geo, status, self.rng)
-                addrs = res.addresses
-                if addrs:
-                    m = self.metrics
-                    m.answer(dyn.name, res.regions)
-                    if res.removed:
-                        m.filter_removed(res.removed)
-                    bkey = (addrs, q.qtype, dyn.ttl)
-                    body = self.bodies.get(bkey)
-                    if body is None:
-                        tail = _RRFIX.pack(q.qtype, 1, dyn.ttl, len(addrs[0]))
-                        body = b"".join(b"\xc0\x0c" + tail + a for a in addrs)
-                        if len(self.bodies) >= CACHE_MAX:
-                            self.bodies.clear()
-                        self.bodies[bkey] = body
-                    scope = res.scope if dyn.ecs else 0
-                    if res.fixed:
-                        # same client, same status -> same answer: skip the chain next time
-                        if len(self.routes) >= ROUTES_MAX:
-                            self.routes.clear()
-                        self.routes[rkey] = (status, len(addrs), body, scope, res.regions, res.removed)
-                    n = len(addrs)
-                    n, body = self._sign_dynamic(q, dyn, n, body) if q.do else (n, body)
-                    msg, tc = wire.render(q, 0, True, n, 0, 0, body, scope, limit)
-                    return msg, 0, tc
-            key = (q.qname_lower, q.qtype, q.qclass)
-            hit = self.cache.get(key)
-            if hit is not None:
-                rcode, aa, an, ns, ar, body, short = hit
-                msg, tc = wire.render(q, rcode, aa, an, ns, ar, body, 0, limit)
-                if tc and short is not None:
-                    msg, tc = wire.render(q, rcode, aa, an, ns, 0, short, 0, limit)
-                return msg, rcode, tc
-        d = decide(q, client_of(q, src), state, self.inventory.status, self.rng,
-                   resolver=source_client(src) if q.ecs is not None else None)
-        self._count(d)
-        if self.use_cache and d.cacheable and len(self.cache) < CACHE_MAX:
-            body = wire.render_body(q, d.answer, d.authority, d.additional)
-            short = None
-            if d.additional and not d.glue_required:
-                short = wire.render_body(q, d.answer, d.authority, ())
-            an, ns, ar = len(d.answer), len(d.authority), len(d.additional)
-            self.cache[(q.qname_lower, q.qtype, q.qclass)] = (d.rcode, d.aa, an, ns, ar, body, short)
-            msg, tc = wire.render(q, d.rcode, d.aa, an, ns, ar, body, 0, limit)
-            if tc and short is not None:
-                msg, tc = wire.render(q, d.rcode, d.aa, an, ns, 0, short, 0, limit)
+        if not self.use_cache:
+            d = decide(q, client_of(q, src), state, self.inventory.status, self.rng,
+                       resolver=source_client(src) if q.ecs is not None else None)
+            self._count(d)
+            msg, tc = wire.render_decision(q, d, limit)
             return msg, d.rcode, tc
-        msg, tc = wire.render_decision(q, d, limit)
-        return msg, d.rcode, tc
+        hit = self._plan(q, state)
+        scope = 0
+        if hit.__class__ is Route:
+            res, scope = route(hit, client_of(q, src),
+                               source_client(src) if hit.uses_resolver and q.ecs is not None else None,
+                               state.geo, self.inventory.status, self.rng)
+            m = self.metrics
+            m.answer(hit.record.name, res.regions)
+            if res.removed:
+                m.filter_removed(res.removed)
+            bkey = (hit, res.addresses)
+            bodies = self.bodies
+            body = bodies.new.get(bkey)
+            if body is None:
+                body = bodies.get(bkey)
+                if body is None:
+                    body = bodies.put(bkey, _rendered(q, route_decision(hit, res, scope)))
+            if q.do and self.signers:
+                signer = self.signers.get(hit.zone.origin.lower)
+                if signer is not None:
+                    if not res.addresses:  # NODATA: the signed path proves it (NSEC)
+                        return self._answer_signed(q, src, limit, state, routed=False)
+                    rcode, aa, an, ns, ar, body, short = body
+                    an, body = signer.sign_body(q.qname_lower, q.qtype, hit.record.ttl, body, an, dnssec.now())
+                    msg, tc = wire.render(q, rcode, aa, an, ns, ar, body, scope, limit)
+                    return msg, rcode, tc
+            hit = body
+        rcode, aa, an, ns, ar, body, short = hit
+        msg, tc = wire.render(q, rcode, aa, an, ns, ar, body, scope, limit)
+        if tc and short is not None:
+            msg, tc = wire.render(q, rcode, aa, an, ns, 0, short, scope, limit)
+        return msg, rcode, tc
 
     def _count(self, d) -> None:
         """Metrics of a decision that consulted a dynamic record."""
@@ -212,23 +223,32 @@ class Responder:
             if res.removed:
                 self.metrics.filter_removed(res.removed)
 
-    def _fast_signed(self, q) -> bool:
-        """True when the fast dynamic path answers this DO=1 query (and signs it)."""
-        dyn = self.fast_dynamic.get(q.qname_lower) if q.qname_lower in self.dyn_signers else None
-        return dyn is not None and q.qclass == 1 and q.qtype in dyn.types
+    def _plan(self, q: wire.Query, state):
+        """``core.plan`` for this query, cached per (name, type, class): a Route, or the
+        rendered answer (``_rendered``)."""
+        key = (q.qname_lower, q.qtype, q.qclass)
+        plans = self.plans
+        hit = plans.new.get(key)
+        if hit is None:
+            hit = plans.get(key)
+            if hit is None:
+                p = plan(q, state)
+                hit = plans.put(key, p if p.__class__ is Route else _rendered(q, p))
+        return hit
 
-    def _sign_dynamic(self, q, dyn, n: int, body: bytes) -> tuple[int, bytes]:
-        """A routed answer's records followed by their RRSIGs (dnssec.Signer.sign_body), when
-        its zone is signed."""
-        signer = self.dyn_signers.get(q.qname_lower)
-        if signer is None:
-            return n, body
-        return signer.sign_body(q.qname_lower, q.qtype, dyn.ttl, body, n, dnssec.now())
+    def _routed(self, q: wire.Query, state) -> bool:
+        """True when the cached route path answers this DO=1 query and signs the addresses
+        (``Signer.sign_body``): a Route straight at the query name (no CNAME before it)."""
+        if not self.use_cache:
+            return False
+        p = self._plan(q, state)
+        return p.__class__ is Route and not p.answer
 
-    def _answer_signed(self, q, src, limit: int, state) -> tuple[bytes, int, bool] | None:
+    def _answer_signed(self, q, src, limit: int, state, routed: bool = True) -> tuple[bytes, int, bool] | None:
         """A query to a signed zone with DO=1 (or for its DNSKEY): the one decision, signed.
-        None when the name is in no signed zone or the query wants no signature."""
-        if not q.do and q.qtype != dnssec.DNSKEY or self._fast_signed(q):
+        None when the name is in no signed zone or the query wants no signature, or (``routed``)
+        when the route path answers and signs it."""
+        if not q.do and q.qtype != dnssec.DNSKEY or routed and q.do and self._routed(q, state):
             return None
         zone = state.zones.answering(q.qname_lower, q.qtype)
         signer = self.signers.get(zone.origin.lower) if zone is not None else None
@@ -257,9 +277,7 @@ class Responder:
                     body = wire.render_body(q, sd.answer, sd.authority, sd.additional)
                     short = wire.render_body(q, sd.answer, sd.authority, ()) if ar and not sd.glue_required else None
                     hit = (now + SIGNED_FRESH, sd.rcode, sd.aa, an, ns, ar, body, short)
-                    if len(signed) >= CACHE_MAX:
-                        signed.clear()
-                    signed[key] = hit
+                    signed.put(key, hit)
                 scope = d.scope
             else:
                 scope = 0
@@ -272,20 +290,10 @@ class Responder:
         return msg, d.rcode, tc
 
     def _new_generation(self, state) -> None:
-        """A new config: forget rendered answers; note which dynamic names take the short path
-        (every one that is not at or below a zone cut, where the core answers a referral)."""
-        from filterdns.dns.core import _find_cut
-
-        self.cache = {}
-        self.bodies = {}
-        self.routes = {}
-        self.signed = {}  # (name, type, class, addresses or None) -> rendered signed answer
-        fast = {}
-        for key, rec in state.dynamic.items():
-            zone = state.zones.find(key)
-            if zone is not None and (not zone.cuts or _find_cut(zone, key) is None):
-                fast[key] = rec
-        self.fast_dynamic = fast
+        """A new config: forget every plan and rendered answer (they belong to the old one)."""
+        self.plans.clear()
+        self.bodies.clear()
+        self.signed.clear()
         self.cache_gen = state.generation
         signers = {}
         for origin, signing in getattr(state, "dnssec", {}).items():
@@ -294,9 +302,6 @@ class Responder:
                 signers[origin] = dnssec.Signer(origin, signing, zone.neg_ttl,
                                                 counts=self.metrics.dnssec_counts(wire.name_to_text(origin)))
         self.signers = signers
-        # routed names of signed zones: their DO=1 answers are the fast path's, signed
-        self.dyn_signers = {k: signers[state.zones.find(k).origin.lower] for k in fast
-                            if state.zones.find(k).origin.lower in signers} if self.use_cache else {}
 
     def _log_once(self, where: str) -> None:
         """Log an unexpected exception with its traceback once per kind, then only count it."""

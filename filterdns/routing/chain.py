@@ -46,11 +46,13 @@ from filterdns.routing.filters.base import EMPTY, Answer, Context, Filter
 from filterdns.routing.geo import UNKNOWN, GeoDB, Location
 from filterdns.routing.inventory import EMPTY as _NOTHING, Region, Status
 from filterdns.routing.region_state import RegionState, region_state, service_states
-from filterdns.model import AAAA, Client
+from filterdns.cache import Cache
+from filterdns.model import A, AAAA, Client
 
 FALLBACKS = ("all", "default_region", "none")
 _ANY_CLIENT = Client("0.0.0.0", 4, 0, True)
-_MEMO_MAX = 50_000  # memoised chain prefixes per record and status snapshot
+_MEMO_MAX = 50_000  # memoised chain prefixes (and widest scopes) per record and status snapshot
+_NO_DRAW = random.Random(0)  # a filter checked with random_for() false never draws from it
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,29 +146,35 @@ class DynamicRecord:
     default_origin: tuple[float, float] | None = None
     file: str = ""
     line: int = 0
-    _cell: list = field(default_factory=lambda: [None, ()], repr=False, compare=False)
+    #: [status, candidate answers, those with IPv4 endpoints, those with IPv6 endpoints]
+    _cell: list = field(default_factory=lambda: [None, (), (), ()], repr=False, compare=False)
 
     def states(self, status: Status) -> tuple[RegionState, ...]:
         """Every candidate region's effective state for this record (``region_state``)."""
         return service_states((c.region for c in self.candidates), self.service, status, self.meta,
                               self.uses_up)
 
-    def answers(self, status: Status) -> tuple[Answer, ...]:
+    def answers(self, status: Status, qtype: int | None = None) -> tuple[Answer, ...]:
         """The candidate answers under ``status``: operator-drained regions left out, metadata
-        merged, ``up`` from the region state (cached per snapshot)."""
+        merged, ``up`` from the region state (cached per snapshot). With ``qtype`` (A or AAAA)
+        only the regions that have endpoints of that family: NS1 keeps A and AAAA apart, so a
+        region without an IPv6 endpoint is no candidate for AAAA (and the AAAA answer is
+        NODATA only when no region has one)."""
         cell = self._cell
-        if cell[0] is status:
+        if cell[0] is not status:
+            out = tuple(
+                Answer(c.region.name, c.region, c.v4, c.v6, merge_meta(self.meta, c, status, self.service, st), st)
+                for c, st in zip(self.candidates, self.states(status), strict=True)
+                if not st.excluded
+            )
+            cell[1], cell[2], cell[3] = out, tuple(a for a in out if a.v4), tuple(a for a in out if a.v6)
+            cell[0] = status
+        if qtype is None:
             return cell[1]
-        out = tuple(
-            Answer(c.region.name, c.region, c.v4, c.v6, merge_meta(self.meta, c, status, self.service, st), st)
-            for c, st in zip(self.candidates, self.states(status), strict=True)
-            if not st.excluded
-        )
-        cell[0], cell[1] = status, out
-        return out
+        return cell[3] if qtype == AAAA else cell[2]
 
     def scope_for(self, client: Client, location: Location, geo: GeoDB | None = None,
-                  status: Status | None = None, rng: random.Random | None = None) -> int:
+                  status: Status | None = None, rng: random.Random | None = None, qtype: int = A) -> int:
         """The ECS scope prefix length of an answer to ``client`` (see module docstring).
 
         With ``geo`` and ``status`` the geo part is the widest aligned prefix around the client
@@ -175,8 +183,10 @@ class DynamicRecord:
         """
         if not self.reads_client:
             return 0
+        if status is not None and self._memo_for(status, qtype).everywhere:
+            return 0  # every candidate is shed whatever the location: the fallback, everywhere
         if geo is not None and status is not None and self._widen:
-            scope = self._widest(client, location, geo, status, rng)
+            scope = self._widest(client, location, geo, status, rng, qtype)
         else:
             scope = location.prefix_len
         for f in self._prefix_filters:
@@ -185,7 +195,7 @@ class DynamicRecord:
                 scope = need
         return min(scope, client.prefix)
 
-    def _widest(self, client: Client, loc: Location, geo: GeoDB, status: Status, rng) -> int:
+    def _widest(self, client: Client, loc: Location, geo: GeoDB, status: Status, rng, qtype: int = A) -> int:
         """The widest prefix length around ``loc``'s network over which this record's
         deterministic decision (``_memo_entry``'s last item) is the same, for ``status``.
 
@@ -194,50 +204,44 @@ class DynamicRecord:
         it has the same answer: its length). Like gdnsd's merge of supernets at load time, but
         done for the networks clients actually come from, with the region state of the moment.
         """
-        memo = self._memo_for(status)
-        nets = memo[2]
-        nkey = (client.family, loc.network, loc.prefix_len)
+        memo = self._memo_for(status, qtype)
+        nets = memo.nets
+        nkey = loc.net
         got = nets.get(nkey)
         if got is not None:
             return got
         bits = 32 if client.family == 4 else 128
-        blocks = memo[3]
-        for length in sorted(memo[4]):
+        blocks = memo.blocks
+        for length in sorted(memo.lengths):
             if length <= loc.prefix_len and (client.family, length, loc.network >> (bits - length)) in blocks:
                 got = length
                 break
         if got is None:
-            table = memo[1]
-            mine = self._entry(table, loc.key, client, loc, status, rng)[6]
+            mine = self._entry(memo, loc.key, client, loc, status, rng)[6]
 
             def same(other: Location) -> bool:
-                return self._entry(table, other.key, client, other, status, rng)[6] == mine
+                return self._entry(memo, other.key, client, other, status, rng)[6] == mine
 
             got = geo.widest(client.family, loc, same)
-            blocks[(client.family, got, loc.network >> (bits - got))] = True
-            memo[4].add(got)
-            if len(blocks) >= _MEMO_MAX:
-                blocks.clear()
-                memo[4].clear()
-        if len(nets) >= _MEMO_MAX:
-            nets.clear()
-        nets[nkey] = got
-        return got
+            blocks.put((client.family, got, loc.network >> (bits - got)), True)
+            memo.lengths.add(got)
+        return nets.put(nkey, got)
 
-    def _memo_for(self, status: Status) -> list:
-        """[status, entries by location key, widest per network, uniform blocks, their lengths]"""
-        memo = self._memo
-        if memo[0] is not status:
-            memo[0], memo[1], memo[2], memo[3], memo[4] = status, {}, {}, {}, set()
+    def _memo_for(self, status: Status, qtype: int = A) -> "_Memo":
+        """The memo of this status snapshot for the family of ``qtype`` (a new one per snapshot)."""
+        memo = self._memo6 if qtype == AAAA else self._memo4
+        if memo.status is not status:
+            memo = _Memo(status, self.answers(status, qtype), self)
+            if qtype == AAAA:
+                object.__setattr__(self, "_memo6", memo)
+            else:
+                object.__setattr__(self, "_memo4", memo)
         return memo
 
-    def _entry(self, table: dict, key, client: Client, loc: Location, status: Status, rng) -> tuple:
-        hit = table.get(key)
+    def _entry(self, memo: "_Memo", key, client: Client, loc: Location, status: Status, rng) -> tuple:
+        hit = memo.entries.get(key)
         if hit is None:
-            hit = self._memo_entry(client, loc, status, rng)
-            if len(table) >= _MEMO_MAX:
-                table.clear()
-            table[key] = hit
+            hit = memo.entries.put(key, self._memo_entry(memo.start, client, loc, rng))
         return hit
 
     def __post_init__(self) -> None:
@@ -250,7 +254,8 @@ class DynamicRecord:
         object.__setattr__(self, "_filters", filters)
         # filters that read more of the client than its location make the address part of the key
         object.__setattr__(self, "_key_has_address", any(f.needs_prefix for f in filters))
-        object.__setattr__(self, "_memo", [None, {}, {}, {}, set()])
+        object.__setattr__(self, "_memo4", _Memo(None, (), None))
+        object.__setattr__(self, "_memo6", _Memo(None, (), None))
         # the ECS scope is widened over neighbouring networks when the answer depends on the
         # location alone (not on the client's address bits: sticky, netfence_prefix)
         object.__setattr__(self, "_widen", self.reads_client and not self._key_has_address)
@@ -268,33 +273,53 @@ class DynamicRecord:
 
         Without ``trace`` the deterministic part of the chain (the filters before the first one
         that would draw on the RNG for this input, see ``Filter.random_for``) is memoised per
-        (location key, client prefix, status snapshot): a drain, feed value or health change is
-        a new ``Status`` and empties the memo. Only the filters from the first random one on run
-        per query; a chain with none is answered from the memo outright. ``_resolve_full`` is the
-        reference the memoised path is tested against.
+        (family, location key, status snapshot): a drain, feed value or health change is a new
+        ``Status`` and a new memo. Only the filters from the first random one on run per query;
+        a chain with none is answered from the memo outright, and the same ``Resolution``
+        object comes back for every client it applies to (callers may key what they render
+        from it by its addresses). ``_resolve_full`` is the reference the memoised path is
+        tested against.
         """
         if trace:
             return self._resolve_full(qtype, client, geo, status, rng, True)
-        loc = geo.locate(client) if self.reads_client else UNKNOWN
-        memo = self._memo
-        if memo[0] is not status:
-            self._memo_for(status)
+        memo = self._memo6 if qtype == AAAA else self._memo4
+        if memo.status is not status:
+            memo = self._memo_for(status, qtype)
+        if self.reads_client:
+            loc = geo.locate(client)
+            # the answer of a chain without a tail is fixed per database network: one lookup
+            # for every later query from it (unless the source prefix caps its scope)
+            nk = loc.net if self._widen and loc.family else None
+        else:
+            loc, nk = UNKNOWN, 0
+        if nk is not None:
+            fast = memo.fast
+            res = fast.new.get(nk)
+            if res is None:
+                res = fast.get(nk)
+            if res is not None and res.scope <= client.prefix:
+                return res
         key = (loc.key, client.address) if self._key_has_address else loc.key
-        start, cur, removed, origin, tail, done, _ = self._entry(memo[1], key, client, loc, status, rng)
-        if not self.reads_client:
-            scope = 0
+        entry = memo.entries.get(key)
+        if entry is None:
+            entry = self._entry(memo, key, client, loc, status, rng)
+        start, cur, removed, origin, tail, done, _ = entry
+        if not self.reads_client or memo.everywhere:
+            scope = uncapped = 0
         elif self._widen:
-            scope = memo[2].get((client.family, loc.network, loc.prefix_len))
+            scope = uncapped = memo.nets.get(loc.net)
             if scope is None:
-                scope = self._widest(client, loc, geo, status, rng)
+                scope = uncapped = self._widest(client, loc, geo, status, rng, qtype)
             if scope > client.prefix:
                 scope = client.prefix
         else:
-            scope = self.scope_for(client, loc)
+            scope = uncapped = self.scope_for(client, loc)
         if not tail:
-            res = done.get((qtype, scope))
+            res = done.get(scope)
             if res is None:
-                res = done[(qtype, scope)] = self._finish(qtype, start, cur, removed, scope, True)
+                res = done[scope] = self._finish(qtype, start, cur, removed, scope, True)
+            if nk is not None and scope == uncapped:
+                memo.fast.put(nk, res)
             return res
         ctx = Context(client, loc, rng, origin, False)
         more = list(removed)
@@ -306,15 +331,16 @@ class DynamicRecord:
         return self._finish(qtype, start, cur, tuple(more), scope)
 
     def route_at(self, loc: Location, status: Status, rng: random.Random,
-                 client: Client | None = None) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
+                 client: Client | None = None, qtype: int = A) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
         """Where this record sends a client at ``loc`` under ``status``, without the ECS scope:
         ``(regions answered, regions left before the first filter that draws on the RNG, whether
         one did, whether the fallback answered)``. The same steps as ``resolve`` (the
         deterministic part, the random tail, the fallback), uncached, so a caller that asks for
         many locations (the country map) leaves the query path's memo alone. Filters that read
-        the client's own address see ``client`` (default ``0.0.0.0/0`` with ECS)."""
+        the client's own address see ``client`` (default ``0.0.0.0/0`` with ECS); the candidates
+        are those of ``qtype``'s family (default A)."""
         client = client if client is not None else _ANY_CLIENT
-        start, cur, _, origin, tail, _, _ = self._memo_entry(client, loc, status, rng)
+        start, cur, _, origin, tail, _, _ = self._memo_entry(self.answers(status, qtype), client, loc, rng)
         pool = tuple(a.name for a in cur)
         if tail:
             ctx = Context(client, loc, rng, origin, False)
@@ -325,9 +351,8 @@ class DynamicRecord:
             cur = self._fallback(start)
         return tuple(a.name for a in cur), pool, bool(tail), fell_back
 
-    def _memo_entry(self, client: Client, loc: Location, status: Status, rng: random.Random) -> tuple:
+    def _memo_entry(self, start, client: Client, loc: Location, rng: random.Random) -> tuple:
         """Run the filters that do not draw on the RNG for this input; keep the rest as the tail."""
-        start = self.answers(status)
         origin = (loc.lat, loc.lon) if loc.lat is not None else self.default_origin
         ctx = Context(client, loc, rng, origin, False)
         cur = start
@@ -350,6 +375,20 @@ class DynamicRecord:
                     loc.key if any(f.reads_client for f in tail) else None)
         return (start, cur, tuple(removed), origin, tail, {}, decision)
 
+    def _everywhere_empty(self, start: tuple[Answer, ...]) -> bool:
+        """True when the chain leaves no answer whatever the client: some enabled filter that
+        drops answers by their own metadata alone (``Filter.per_answer``, not reading the
+        client, no draw for these answers) drops every candidate. Filters only remove and
+        reorder, so that filter sees a subset of ``start`` for every client and leaves nothing:
+        the fallback answers, the same everywhere (ECS scope 0)."""
+        if not start:
+            return False
+        ctx = Context(None, UNKNOWN, _NO_DRAW, None, False)  # type: ignore[arg-type]
+        for f in self._filters:
+            if f.per_answer and not f.reads_client and not f.random_for(start) and not f.apply(start, ctx):
+                return True
+        return False
+
     def _finish(self, qtype: int, start, cur, removed, scope, fixed: bool = False) -> Resolution:
         used_fallback = False
         if not cur and start:
@@ -366,7 +405,7 @@ class DynamicRecord:
                       rng: random.Random, trace: bool) -> Resolution:
         """Every filter, every time (explain, and the reference for the memoised path)."""
         loc = geo.locate(client) if self.reads_client else UNKNOWN
-        start = self.answers(status)
+        start = self.answers(status, qtype)
         origin = (loc.lat, loc.lon) if loc.lat is not None else self.default_origin
         ctx = Context(client, loc, rng, origin, trace)
         cur = start
@@ -399,7 +438,7 @@ class DynamicRecord:
             addrs = tuple(x for a in cur for x in a.v4)
         return Resolution(
             addrs,
-            self.scope_for(client, loc, geo, status, rng),
+            self.scope_for(client, loc, geo, status, rng, qtype),
             tuple(a.name for a in cur),
             tuple(removed),
             tuple(steps) if trace else None,
@@ -415,6 +454,28 @@ class DynamicRecord:
                 if a.name == self.default_region:
                     return (a,)
         return start
+
+
+class _Memo:
+    """What one record memoises for one status snapshot and one address family: the chain
+    prefix per location key (``entries``), the widest scope per database network (``nets``),
+    the outcome per database network when it is fixed (``fast``),
+    the uniform blocks found (``blocks``, their ``lengths``), the candidates (``start``) and
+    whether the chain leaves nothing whatever the client (``everywhere``: scope 0). Bounded
+    (``filterdns.cache.Cache``); a new snapshot gets a new memo."""
+
+    __slots__ = ("status", "start", "entries", "nets", "blocks", "lengths", "everywhere", "fast")
+
+    def __init__(self, status, start, record):
+        self.status = status
+        self.start = start
+        self.entries = Cache(_MEMO_MAX)
+        self.nets = Cache(_MEMO_MAX)
+        #: database network (``Location.net``) -> its fixed Resolution (scope not capped)
+        self.fast = Cache(_MEMO_MAX)
+        self.blocks = Cache(_MEMO_MAX)
+        self.lengths: set[int] = set()
+        self.everywhere = record is not None and record.reads_client and record._everywhere_empty(start)
 
 
 def _n(answers: tuple[Answer, ...]) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ class ShedLoad(Filter):
     OPTIONS = (Option("metric", "choice", "loadavg", choices=("loadavg", "connections", "requests"),
                       doc="the load metric compared with the watermarks"),)
     random = True
+    per_answer = True
 
     def __init__(self, options, build):
         super().__init__(options, build)
