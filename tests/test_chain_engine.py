@@ -311,13 +311,26 @@ def test_client_from(ip, subnet, expected):
 
 # -- cost ------------------------------------------------------------------------------------
 
-def test_resolve_cost(chains, geo):
+def test_resolve_cost(chains, geo, monkeypatch):
+    """A repeated query is a lookup: no filter runs and no geo database read (counted, so the
+    test does not depend on the machine's load), and it takes about a microsecond (the bound,
+    on the best of several rounds, leaves room for a loaded machine)."""
     rec = chains.records["wss-primary.example.com."]
     st, rng = Status(), random.Random(1)
-    rec.resolve(A, GB24, geo, st, rng)
-    n = 20000
-    t = time.perf_counter()
-    for _ in range(n):
-        rec.resolve(A, GB24, geo, st, rng)
-    per = (time.perf_counter() - t) / n
-    assert per < 100e-6, f"{per * 1e6:.1f} us per resolve"
+    first = rec.resolve(A, GB24, geo, st, rng)
+    calls = collections.Counter()
+    for step in rec.steps:
+        cls = type(step.filter)
+        monkeypatch.setattr(cls, "apply", lambda self, a, ctx, _f=cls.apply: calls.update([self.name]) or _f(self, a, ctx))
+    monkeypatch.setattr(GeoDB, "lookup", lambda self, a, _f=GeoDB.lookup: calls.update(["lookup"]) or _f(self, a))
+    assert rec.resolve(A, GB24, geo, st, rng) is first
+    assert not calls, calls
+    monkeypatch.undo()
+    n = 5000
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            rec.resolve(A, GB24, geo, st, rng)
+        best = min(best, (time.perf_counter() - t) / n)
+    assert best < 20e-6, f"{best * 1e6:.1f} us per resolve"

@@ -50,21 +50,56 @@ packets = st.one_of(st.binary(max_size=600), mutated())
 GOOD = dns.message.make_query("test.example.", "SOA")
 
 
+def check_packet(responder, packet) -> None:
+    """The fuzz check: whatever we send is a well-formed message, a good query is answered
+    afterwards, and no exception was caught on the way (``respond`` swallows them into SERVFAIL
+    or a drop, so the count is what shows a parser or answer bug)."""
+    before = responder.errors
+    out = responder.respond(packet, ("127.0.0.1", 1), "udp", 0)
+    if out is not None:
+        assert len(out) <= 1232
+        dns.message.from_wire(out)
+    out = responder.respond(packet, ("::1", 1, 0, 0), "tcp", 65535)
+    if out is not None:
+        dns.message.from_wire(out)
+    assert responder.errors == before, f"{responder.errors - before} unexpected exception(s) for {packet!r}"
+    r, _ = ask(responder, GOOD)
+    assert r.rcode() == 0 and r.answer
+
+
 @pytest.mark.unit
 @settings(max_examples=examples(3000), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(packets)
 def test_responder_never_raises(responder, packet):
     # the same responder (and its answer cache) sees every packet, then a good query
-    out = responder.respond(packet, ("127.0.0.1", 1), "udp", 0)
-    if out is not None:
-        assert len(out) <= 1232
-        dns.message.from_wire(out)  # whatever we send is a well-formed message
-    out = responder.respond(packet, ("::1", 1, 0, 0), "tcp", 65535)
-    if out is not None:
-        dns.message.from_wire(out)
-    r, _ = ask(responder, GOOD)
-    assert r.rcode() == 0 and r.answer
+    check_packet(responder, packet)
+    assert responder.errors == 0
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("where", ["parse", "answer"])
+def test_the_fuzz_check_fails_on_a_broken_responder(responder, monkeypatch, where):
+    """The check above can fail: a parser (or answer path) that raises on every TXT query is
+    caught, although respond() turns the exception into a drop (or SERVFAIL)."""
+    import filterdns.dns.responder as mod
+
+    real = mod.wire.parse_query if where == "parse" else mod.plan
+
+    def broken(*a):
+        q = a[0]
+        if (real(q) if where == "parse" else q).qtype == 16:
+            raise RuntimeError("injected")
+        return real(*a)
+
+    if where == "parse":
+        monkeypatch.setattr(mod.wire, "parse_query", broken)
+    else:
+        monkeypatch.setattr(mod, "plan", broken)
+    txt = SEEDS[2]
+    with pytest.raises(AssertionError, match="unexpected exception"):
+        check_packet(responder, txt)
+    check_packet(responder, SEEDS[0])  # the others still pass
 
 
 @pytest.mark.e2e
@@ -150,9 +185,11 @@ def mutated_dynamic(draw):
 @settings(max_examples=examples(2000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_dynamic())
 def test_dynamic_path_never_raises(bundled_responder, packet):
+    before = bundled_responder.errors
     out = bundled_responder.respond(packet, ("127.0.0.1", 1), "udp", 0)
     if out is not None:
         assert len(out) <= 1232
         dns.message.from_wire(out)
+    assert bundled_responder.errors == before, f"unexpected exception for {packet!r}"
     r, _ = ask(bundled_responder, DYN_SEEDS[0])
     assert r.rcode() == 0 and {rr.address for rr in r.answer[0]} == {"192.0.2.161", "192.0.2.162"}

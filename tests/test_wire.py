@@ -213,10 +213,16 @@ def test_exception_while_answering_is_servfail(responder, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(mod, "decide", boom)
-    responder.use_cache = False
+    from filterdns.ops.metrics import Metrics
+
+    responder.metrics = Metrics()
+    monkeypatch.setattr(mod, "plan", boom)
     r, _ = ask(responder, dns.message.make_query("test.example.", "SOA"))
     assert r.rcode() == dns.rcode.SERVFAIL
+    assert responder.errors == 1
+    assert responder.metrics._scalars["servfail_exception"] == 1
+    ask(responder, dns.message.make_query("test.example.", "SOA"))
+    assert responder.errors == 2 and responder.metrics._scalars["servfail_exception"] == 2
 
 
 def test_renderer_compresses_names_against_each_other():
