@@ -58,7 +58,7 @@ class PolicyGeo:
 
     lookup = locate
 
-    def widest(self, family, loc, same, budget=0):
+    def widest(self, family, loc, same, budget=0, **resume):
         """No widening: the stand-in's networks are the policy's subnets, nothing around them."""
         return loc.prefix_len
 

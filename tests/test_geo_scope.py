@@ -80,6 +80,15 @@ def c(subnet):
     return Client(str(n.network_address), n.version, n.prefixlen, True)
 
 
+def settled_scope(rec, cl, geo, status, qtype=A):
+    """The scope once the walk around the client's network has finished: each query pays a
+    bounded part of it (chain.WALK_LOOKS, WALK_RUNS) and the next ones from that network
+    resume it, so the scope only widens, query after query, up to the widest."""
+    scopes = [rec.resolve(qtype, cl, geo, status, random.Random(1)).scope for _ in range(40)]
+    assert scopes == sorted(scopes, reverse=True), scopes  # never narrower again
+    return scopes[-1]
+
+
 def regions_of(rec, geo, status, subnet):
     return rec.resolve(A, c(subnet), geo, status, random.Random(1)).regions
 
@@ -107,7 +116,7 @@ EU_DOWN = Status(generation=2, drains={("eu-west-2", None): Drain("eu-west-2", N
 ], ids=["west", "east", "east-gap", "gb", "west-drained", "eu-drained-east", "eu-drained-gb", "v6-west", "v6-east", "source-25", "capped"])
 def test_widest_scope(tmp_path, geo, subnet, status, scope):
     rec = record(tmp_path)
-    assert rec.resolve(A, c(subnet), geo, status, random.Random(1)).scope == scope
+    assert settled_scope(rec, c(subnet), geo, status) == scope
 
 
 def test_gap_with_the_same_default_is_uniform(tmp_path, geo):
@@ -132,7 +141,7 @@ def test_scope_is_the_widest_true_prefix(tmp_path, geo, status, chain):
     for subnet in ["11.0.5.0/24", "11.0.77.0/24", "11.0.150.0/24", "11.0.199.0/24", "11.0.240.0/24",
                    "2001:db8:7::/48", "2001:db8:1ff::/48"]:
         cl = c(subnet)
-        scope = rec.resolve(A, cl, geo, status, random.Random(1)).scope
+        scope = settled_scope(rec, cl, geo, status)
         block = ipaddress.ip_network(f"{cl.address}/{scope}", strict=False)
         if "shuffle" in chain:  # the answer is random; the decision is the set before shuffle
             def regions_of_set(r, g, s, sn):
@@ -153,9 +162,43 @@ def test_sticky_is_not_widened(tmp_path, geo):
 def test_second_query_from_the_network_is_a_lookup(tmp_path, geo):
     rec = record(tmp_path)
     cl = c("11.0.5.0/24")
-    rec.resolve(A, cl, geo, UP, random.Random(1))
+    settled_scope(rec, cl, geo, UP)
     loc = geo.locate(cl)
     assert rec._memo4.nets.get(loc.net) == 17 and loc.net == (4, loc.network, loc.prefix_len)
     # another network of the same uniform block: found through the block cache
     other = c("11.0.99.0/24")
     assert rec.resolve(A, other, geo, UP, random.Random(1)).scope == 17
+
+
+def test_no_query_pays_for_the_whole_walk(tmp_path, geo, monkeypatch):
+    """The first query from a network looks at most WALK_LOOKS networks and runs the chain for
+    at most WALK_RUNS new locations (plus its own); every scope answered on the way is a
+    uniform block (a correct scope, only narrower), and the walk settles on the widest."""
+    from filterdns.routing import chain as chain_mod
+
+    rec = record(tmp_path)
+    runs, looks = [0], [0]
+    real_entry, real_get = chain_mod.DynamicRecord._memo_entry, geo._reader.get_with_prefix_len
+
+    class Reader:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def get_with_prefix_len(self, a):
+            looks[0] += 1
+            return real_get(a)
+
+    real = geo._reader
+    monkeypatch.setattr(chain_mod.DynamicRecord, "_memo_entry",
+                        lambda self, *a: runs.__setitem__(0, runs[0] + 1) or real_entry(self, *a))
+    monkeypatch.setattr(geo, "_reader", Reader())
+    cl = c("11.0.5.0/24")
+    scopes = []
+    for _ in range(40):
+        runs[0] = looks[0] = 0
+        scopes.append(rec.resolve(A, cl, geo, UP, random.Random(1)).scope)
+        assert runs[0] <= chain_mod.WALK_RUNS + 1 and looks[0] <= chain_mod.WALK_LOOKS + 2, (runs, looks)
+    monkeypatch.undo()
+    assert scopes[0] > 17 and scopes[-1] == 17, scopes  # more than one query's budget, settled
+    for s in sorted(set(scopes)):
+        assert brute_force_uniform(rec, geo, UP, ipaddress.ip_network(f"11.0.5.0/{s}", strict=False)), s

@@ -52,6 +52,10 @@ from filterdns.model import A, AAAA, Client
 FALLBACKS = ("all", "default_region", "none")
 _ANY_CLIENT = Client("0.0.0.0", 4, 0, True)
 _MEMO_MAX = 50_000  # memoised chain prefixes (and widest scopes) per record and status snapshot
+#: the ECS scope walk's budget per query (``DynamicRecord._widest``): database networks looked
+#: at, and chain runs for locations not seen yet (the costly part, about 20-100 us each)
+WALK_LOOKS = 64
+WALK_RUNS = 2
 _NO_DRAW = random.Random(0)  # a filter checked with random_for() false never draws from it
 
 
@@ -186,7 +190,7 @@ class DynamicRecord:
         if status is not None and self._memo_for(status, qtype).everywhere:
             return 0  # every candidate is shed whatever the location: the fallback, everywhere
         if geo is not None and status is not None and self._widen:
-            scope = self._widest(client, location, geo, status, rng, qtype)
+            scope = self._widest(client, location, geo, status, rng, qtype)[0]
         else:
             scope = location.prefix_len
         for f in self._prefix_filters:
@@ -195,37 +199,62 @@ class DynamicRecord:
                 scope = need
         return min(scope, client.prefix)
 
-    def _widest(self, client: Client, loc: Location, geo: GeoDB, status: Status, rng, qtype: int = A) -> int:
+    def _widest(self, client: Client, loc: Location, geo: GeoDB, status: Status, rng,
+                qtype: int = A) -> tuple[int, bool]:
         """The widest prefix length around ``loc``'s network over which this record's
-        deterministic decision (``_memo_entry``'s last item) is the same, for ``status``.
+        deterministic decision (``_memo_entry``'s last item) is the same, for ``status``, and
+        whether the walk is finished: ``(length, settled)``.
+
+        No query pays for the whole walk: each looks at most ``WALK_LOOKS`` database networks
+        and runs the chain for at most ``WALK_RUNS`` locations it has not seen, then answers
+        the block verified so far (uniform, so a correct scope, only narrower) and leaves the
+        rest of the walk to the next queries from that network, which resume where it stopped.
 
         Cached per status snapshot twice: per database network (one lookup for the next query
-        from the same network) and per block found (a block is uniform, so every network inside
-        it has the same answer: its length). Like gdnsd's merge of supernets at load time, but
-        done for the networks clients actually come from, with the region state of the moment.
+        from the same network; a walk not finished is kept as (length, where it stopped)) and
+        per block found
+        (a block is uniform, so every network inside it has the same answer: its length). Like
+        gdnsd's merge of supernets at load time, but done for the networks clients actually
+        come from, with the region state of the moment.
         """
         memo = self._memo_for(status, qtype)
         nets = memo.nets
         nkey = loc.net
         got = nets.get(nkey)
-        if got is not None:
-            return got
+        if got.__class__ is int:
+            return got, True
         bits = 32 if client.family == 4 else 128
         blocks = memo.blocks
-        for length in sorted(memo.lengths):
-            if length <= loc.prefix_len and (client.family, length, loc.network >> (bits - length)) in blocks:
-                got = length
-                break
         if got is None:
-            mine = self._entry(memo, loc.key, client, loc, status, rng)[6]
+            for length in sorted(memo.lengths):
+                if length <= loc.prefix_len and (client.family, length, loc.network >> (bits - length)) in blocks:
+                    return nets.put(nkey, length), True
+        mine = self._entry(memo, loc.key, client, loc, status, rng)[6]
+        spent = [0, 0]  # networks looked at, chain runs
+        stopped: list[int] = []  # where the budget stopped the walk
 
-            def same(other: Location) -> bool:
-                return self._entry(memo, other.key, client, other, status, rng)[6] == mine
+        def same(other: Location) -> bool | None:
+            if spent[0] >= WALK_LOOKS:
+                return None
+            spent[0] += 1
+            e = memo.entries.get(other.key)
+            if e is None:
+                if spent[1] >= WALK_RUNS:
+                    return None
+                spent[1] += 1
+                e = self._entry(memo, other.key, client, other, status, rng)
+            return e[6] == mine
 
-            got = geo.widest(client.family, loc, same)
-            blocks.put((client.family, got, loc.network >> (bits - got)), True)
-            memo.lengths.add(got)
-        return nets.put(nkey, got)
+        if got is None:
+            length = geo.widest(client.family, loc, same, stopped=stopped)
+        else:  # (length verified, where to go on): resume the walk
+            length = geo.widest(client.family, loc, same, start=got[0], resume=got[1], stopped=stopped)
+        if stopped:
+            nets.put(nkey, (length, stopped[0]))
+            return length, False
+        blocks.put((client.family, length, loc.network >> (bits - length)), True)
+        memo.lengths.add(length)
+        return nets.put(nkey, length), True
 
     def _memo_for(self, status: Status, qtype: int = A) -> "_Memo":
         """The memo of this status snapshot for the family of ``qtype`` (a new one per snapshot)."""
@@ -308,8 +337,9 @@ class DynamicRecord:
             scope = uncapped = 0
         elif self._widen:
             scope = uncapped = memo.nets.get(loc.net)
-            if scope is None:
-                scope = uncapped = self._widest(client, loc, geo, status, rng, qtype)
+            if scope.__class__ is not int:
+                scope, settled = self._widest(client, loc, geo, status, rng, qtype)
+                uncapped = scope if settled else -1  # not settled: not kept in ``fast``
             if scope > client.prefix:
                 scope = client.prefix
         else:

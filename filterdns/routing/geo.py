@@ -231,9 +231,14 @@ class GeoDB:
         return location_from_record(rec, plen, network, 6 if bits == 128 or mapped else 4)
 
     def widest(self, family: int, loc: Location, same: Callable[[Location], bool],
-               budget: int = WIDEN_BUDGET) -> int:
+               budget: int = WIDEN_BUDGET, start: int | None = None, resume: int | None = None,
+               stopped: list | None = None) -> int:
         """The shortest prefix length L <= ``loc.prefix_len`` such that every address of the
         aligned /L block around ``loc``'s network has a location for which ``same`` is true.
+        ``same`` may also answer None: "not now" (the caller's budget ran out); the walk then
+        stops, returns the block verified so far and appends to ``stopped`` the address it
+        stopped at. ``start`` (a length already known to be such a block) and ``resume`` (that
+        address) resume such a walk where it stopped.
 
         Walks up from the matched network one bit at a time; at each step the sibling block's
         networks are enumerated with point lookups (each answer says how far its network
@@ -247,6 +252,9 @@ class GeoDB:
         if family == 6 and loc.network >> 32 == 0xFFFF:
             return length
         lo = loc.network
+        if start is not None and start < length:
+            length = start
+            lo = lo >> (bits - length) << (bits - length) if length else 0
         get = self._reader.get_with_prefix_len
         text = _v4_text if family == 4 else _v6_text
         seen: dict = {}
@@ -254,6 +262,10 @@ class GeoDB:
             size = 1 << (bits - length)
             sib = lo - size if lo & size else lo + size
             a, end = sib, sib + size
+            if resume is not None:
+                if sib <= resume < end:
+                    a = resume
+                resume = None
             while a < end:
                 if budget <= 0:
                     return length
@@ -275,7 +287,10 @@ class GeoDB:
                     loc_n = location_from_record(rec, plen, a, family)
                     if rk is not False:
                         seen[rk] = loc_n
-                if not same(loc_n):
+                ok = same(loc_n)
+                if not ok:
+                    if ok is None and stopped is not None:
+                        stopped.append(a)
                     return length
                 a += 1 << (bits - plen)
             length -= 1
