@@ -14,25 +14,32 @@ filter instances, the regions that have its service and their pre-packed address
 4. the fallback if the chain left nothing while there were candidates,
 5. every address of every selected region for the family asked.
 
+The candidates of a query are the regions with endpoints of the family asked (A: IPv4,
+AAAA: IPv6; NS1 keeps A and AAAA apart), so a region without an IPv6 endpoint is no AAAA
+candidate and an AAAA query is NODATA only when no region has an IPv6 endpoint.
+
 Metadata precedence (NS1): answer over region over record. Per level, runtime values (data
 feeds; a health drain for ``up``) override the config. So, lowest first: record ``meta``,
 region ``meta``, runtime region feed, service ``meta``, runtime service feed. An operator drain
 is not metadata: the drained region is no candidate at all (fail-open and the fallback never
 bring it back).
 
-ECS scope: 0 when no enabled filter reads the client. Otherwise the widest prefix over which
+ECS scope: 0 when no enabled filter reads the client, or when the answer is the same for
+every client (a ``per_answer`` filter, e.g. ``shed_load`` above the high watermark, drops every
+candidate: the fallback answers everywhere). Otherwise the widest prefix over which
 the answer is the same: the shortest aligned prefix around the client's database network
 whose every address gets the same deterministic decision (the answers left before the first
 random filter) for this record and this region state (``DynamicRecord._widest``,
 ``GeoDB.widest``); never above the client's prefix (the ECS source prefix; the core caps
-there too). A record whose answer depends on the client's own address bits (``sticky``: its
-mask; ``netfence_prefix``: the whole source prefix) is not widened: its scope is the matched
+there too); the walk that finds it is spread over the first queries from a network, a
+bounded part each (``WALK_LOOKS``, ``WALK_RUNS``). A record whose answer depends on the
+client's own address bits (``sticky``: its mask; ``netfence_prefix``: the whole source prefix) is not widened: its scope is the matched
 network raised to what those filters need.
 
 Fallback (``fallback:`` on the record), used when the chain leaves no answer while the record
 has candidates: ``all`` (default): the candidates as they were before the chain, i.e. every
-region with the service; ``default_region``: the default region's answer if it has the
-service (else as ``all``); ``none``: no answer (NODATA).
+region with the service; ``default_region``: the default region's answer if it is a
+candidate (else as ``all``); ``none``: no answer (NODATA).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from filterdns.routing.filters.base import EMPTY, Answer, Context, Filter
-from filterdns.routing.geo import UNKNOWN, GeoDB, Location
+from filterdns.routing.geo import UNKNOWN, WIDEN_BUDGET, GeoDB, Location
 from filterdns.routing.inventory import EMPTY as _NOTHING, Region, Status
 from filterdns.routing.region_state import RegionState, region_state, service_states
 from filterdns.cache import Cache
@@ -209,6 +216,7 @@ class DynamicRecord:
         and runs the chain for at most ``WALK_RUNS`` locations it has not seen, then answers
         the block verified so far (uniform, so a correct scope, only narrower) and leaves the
         rest of the walk to the next queries from that network, which resume where it stopped.
+        A walk settles after ``geo.WIDEN_BUDGET`` networks in all.
 
         Cached per status snapshot twice: per database network (one lookup for the next query
         from the same network; a walk not finished is kept as (length, where it stopped)) and
@@ -218,6 +226,9 @@ class DynamicRecord:
         come from, with the region state of the moment.
         """
         memo = self._memo_for(status, qtype)
+        # the client's own chain outcome first, on every path (resolve has it already), so a
+        # walk's budget meets the same memo whichever path asks: same queries, same scopes
+        mine = self._entry(memo, loc.key, client, loc, status, rng)[6]
         nets = memo.nets
         nkey = loc.net
         got = nets.get(nkey)
@@ -229,7 +240,6 @@ class DynamicRecord:
             for length in sorted(memo.lengths):
                 if length <= loc.prefix_len and (client.family, length, loc.network >> (bits - length)) in blocks:
                     return nets.put(nkey, length), True
-        mine = self._entry(memo, loc.key, client, loc, status, rng)[6]
         spent = [0, 0]  # networks looked at, chain runs
         stopped: list[int] = []  # where the budget stopped the walk
 
@@ -247,10 +257,12 @@ class DynamicRecord:
 
         if got is None:
             length = geo.widest(client.family, loc, same, stopped=stopped)
-        else:  # (length verified, where to go on): resume the walk
+            looked = spent[0]
+        else:  # (length verified, where to go on, networks looked at so far): resume the walk
             length = geo.widest(client.family, loc, same, start=got[0], resume=got[1], stopped=stopped)
-        if stopped:
-            nets.put(nkey, (length, stopped[0]))
+            looked = got[2] + spent[0]
+        if stopped and looked < WIDEN_BUDGET:
+            nets.put(nkey, (length, stopped[0], looked))
             return length, False
         blocks.put((client.family, length, loc.network >> (bits - length)), True)
         memo.lengths.add(length)
