@@ -89,9 +89,12 @@ def test_latency_estimate_uses_the_client_coordinates(server, subnet):
 @pytest.mark.parametrize("subnet", ["24.76.0.0/24", "1.120.0.0/24", "24.84.0.0/24"])
 def test_scope_is_wider_than_the_city_network(server, subnet):
     # Toronto's, Melbourne's and Vancouver's own networks are /19 to /22; their neighbours get
-    # the same region, so the answer is scoped to a much wider block (a /16 or wider)
-    _, scope = ask(server, subnet)
-    assert scope <= 16
+    # the same region, so the answer is scoped to a much wider block (a /16 or wider). Each
+    # query pays a bounded part of the walk that finds it (the next ones resume it, in each
+    # worker), so the first answers may carry a narrower - still true - scope
+    scopes = [ask(server, subnet)[1] for _ in range(40)]
+    assert min(scopes) <= 16, scopes
+    assert max(scopes) <= 24
 
 
 EXTRA_REGIONS = """
