@@ -5,6 +5,7 @@ it binds a port below 1024 and answers, and without that capability it cannot.""
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import socket
@@ -85,7 +86,8 @@ def test_systemd_analyze_security_exposure(tmp_path):
 
 
 def _free_low_port() -> int:
-    for port in range(700, 1024):
+    # random order: two runs of the suite on one machine must not race for the same port
+    for port in random.sample(range(700, 1024), 324):
         socks = []
         try:
             for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):

@@ -110,7 +110,10 @@ def check_answers(port, results):
             continue  # compared in test_truncation
         assert r.rcode() == tcp.rcode()
         assert sorted(map(str, r.answer)) == sorted(map(str, tcp.answer)), q.question
-        assert r.options == tcp.options  # the ECS option and its scope
+        # the ECS option echoes the client's address and source prefix; its scope may differ
+        # between the two answers, since each worker widens a network's scope a bounded part
+        # per query (routing/geo.py), so compare what the transport must carry unchanged
+        assert [(o.address, o.srclen) for o in r.options] == [(o.address, o.srclen) for o in tcp.options]
 
 
 @pytest.mark.parametrize("plain", [False, True], ids=["batched", "plain"])
