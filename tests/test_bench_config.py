@@ -58,9 +58,12 @@ class PolicyGeo:
 
     lookup = locate
 
-    def widest(self, family, loc, same, budget=0, **resume):
+    def node_memo(self):
+        return None
+
+    def widest(self, family, loc, mine, decision, nodes, budget):
         """No widening: the stand-in's networks are the policy's subnets, nothing around them."""
-        return loc.prefix_len
+        return loc.prefix_len, None
 
 
 def _rows():

@@ -125,10 +125,44 @@ def test_gap_with_the_same_default_is_uniform(tmp_path, geo):
     assert regions_of(rec, geo, UP, "11.0.200.0/24") == regions_of(rec, geo, UP, "11.0.201.0/24") == ("us-east-1",)
 
 
-def brute_force_uniform(rec, geo, status, block):
-    """Every /24 (v4) or /48 (v6) of ``block`` gets one answer."""
-    step = 24 if block.version == 4 else 48
-    seen = {regions_of(rec, geo, status, str(sub)) for sub in block.subnets(new_prefix=max(step, block.prefixlen))}
+def representatives(geo, block):
+    """One address of every database network that overlaps ``block`` (the database's own
+    iteration, not the walk under test), plus one address of the first gap, if any (a gap
+    is the unknown location)."""
+    nets = sorted((n for n, _ in geo_networks(geo) if n.version == block.version and n.overlaps(block)),
+                  key=lambda n: int(n.network_address))
+    out, cursor = [], int(block.network_address)
+    gap = None
+    for n in nets:
+        lo = max(int(n.network_address), int(block.network_address))
+        if gap is None and lo > cursor:
+            gap = cursor
+        out.append(lo)
+        cursor = max(cursor, int(n.broadcast_address) + 1)
+    if gap is None and cursor <= int(block.broadcast_address):
+        gap = cursor
+    if gap is not None:
+        out.append(gap)
+    host = 32 if block.version == 4 else 128
+    return [f"{ipaddress.ip_address(a)}/{host}" for a in out]
+
+
+_NETWORKS: dict = {}
+
+
+def geo_networks(geo):
+    if geo.path not in _NETWORKS:
+        import maxminddb
+
+        with maxminddb.open_database(geo.path, maxminddb.MODE_MEMORY) as r:
+            _NETWORKS[geo.path] = list(r)
+    return _NETWORKS[geo.path]
+
+
+def brute_force_uniform(rec, geo, status, block, answer=None):
+    """Every database network and gap inside ``block`` gets one answer."""
+    answer = answer or regions_of
+    seen = {answer(rec, geo, status, sub) for sub in representatives(geo, block)}
     return len(seen) == 1
 
 
@@ -146,8 +180,7 @@ def test_scope_is_the_widest_true_prefix(tmp_path, geo, status, chain):
         if "shuffle" in chain:  # the answer is random; the decision is the set before shuffle
             def regions_of_set(r, g, s, sn):
                 return frozenset(r.resolve(A, c(sn), g, s, random.Random(1)).regions)
-            step = 24 if block.version == 4 else 48
-            assert len({regions_of_set(rec, geo, status, str(x)) for x in block.subnets(new_prefix=step)}) == 1
+            assert brute_force_uniform(rec, geo, status, block, regions_of_set), (subnet, scope)
             continue
         assert brute_force_uniform(rec, geo, status, block), (subnet, scope)
         if scope > 0 and block.version == 4 and scope > 16:
@@ -165,40 +198,64 @@ def test_second_query_from_the_network_is_a_lookup(tmp_path, geo):
     settled_scope(rec, cl, geo, UP)
     loc = geo.locate(cl)
     assert rec._memo4.nets.get(loc.net) == 17 and loc.net == (4, loc.network, loc.prefix_len)
-    # another network of the same uniform block: found through the block cache
+    # another network of the same uniform block: its walk meets the first one's memo
     other = c("11.0.99.0/24")
     assert rec.resolve(A, other, geo, UP, random.Random(1)).scope == 17
 
 
 def test_no_query_pays_for_the_whole_walk(tmp_path, geo, monkeypatch):
-    """The first query from a network looks at most WALK_LOOKS networks and runs the chain for
-    at most WALK_RUNS new locations (plus its own); every scope answered on the way is a
-    uniform block (a correct scope, only narrower), and the walk settles on the widest."""
+    """The first query from a network visits at most WALK_LOOKS search-tree nodes and runs the
+    chain for at most WALK_RUNS new locations (plus its own); every scope answered on the way
+    is a uniform block (a correct scope, only narrower), and the walk settles on the widest."""
     from filterdns.routing import chain as chain_mod
 
     rec = record(tmp_path)
-    runs, looks = [0], [0]
-    real_entry, real_get = chain_mod.DynamicRecord._memo_entry, geo._reader.get_with_prefix_len
+    runs, reads = [0], [0]
+    real_entry, real_children = chain_mod.DynamicRecord._memo_entry, geo._tree.children
 
-    class Reader:
-        def __getattr__(self, name):
-            return getattr(real, name)
+    def children(node):
+        reads[0] += 1
+        return real_children(node)
 
-        def get_with_prefix_len(self, a):
-            looks[0] += 1
-            return real_get(a)
-
-    real = geo._reader
     monkeypatch.setattr(chain_mod.DynamicRecord, "_memo_entry",
                         lambda self, *a: runs.__setitem__(0, runs[0] + 1) or real_entry(self, *a))
-    monkeypatch.setattr(geo, "_reader", Reader())
+    monkeypatch.setattr(geo._tree, "children", children)
     cl = c("11.0.5.0/24")
     scopes = []
     for _ in range(40):
-        runs[0] = looks[0] = 0
+        runs[0] = reads[0] = 0
         scopes.append(rec.resolve(A, cl, geo, UP, random.Random(1)).scope)
-        assert runs[0] <= chain_mod.WALK_RUNS + 1 and looks[0] <= chain_mod.WALK_LOOKS + 2, (runs, looks)
+        # node reads: 24 down to the client's /24, at most 24 on the way up, WALK_LOOKS visited
+        assert runs[0] <= chain_mod.WALK_RUNS + 1 and reads[0] <= chain_mod.WALK_LOOKS + 48, (runs, reads)
     monkeypatch.undo()
     assert scopes[0] > 17 and scopes[-1] == 17, scopes  # more than one query's budget, settled
     for s in sorted(set(scopes)):
         assert brute_force_uniform(rec, geo, UP, ipaddress.ip_network(f"11.0.5.0/{s}", strict=False)), s
+
+
+def test_neighbours_share_the_walk(tmp_path, geo, monkeypatch):
+    """Walks from networks of one block share what they found (the subtree memo): once one
+    network's walk has settled, a neighbour's settles on its first query, with few node reads."""
+    rec = record(tmp_path)
+    settled_scope(rec, c("11.0.5.0/24"), geo, UP)
+    reads = [0]
+    real_children = geo._tree.children
+    monkeypatch.setattr(geo._tree, "children", lambda n: reads.__setitem__(0, reads[0] + 1) or real_children(n))
+    assert rec.resolve(A, c("11.0.99.0/24"), geo, UP, random.Random(1)).scope == 17
+    # down to the /24 (24 reads), up to the /17 (8), and a few nodes the first walk had no
+    # reason to visit (the writer shares identical subtrees: 11.0.64.0/18 is 11.0.0.0/18's
+    # node, so this path crosses nodes whose siblings no walk has checked); its own walk,
+    # with nothing memoised, reads 257 over its first queries
+    assert reads[0] <= 24 + 8 + 16, reads
+
+
+def test_whole_empty_space_is_one_block(tmp_path, geo):
+    """With us-west-2 drained, west, east and unknown all get us-east-1: the block is as wide as
+    the database says (2000::/3 holds nothing else). The first network's walk spends its whole
+    budget on the two /40s (so it settles at /40: narrower, never wider); the next network's
+    walk starts from what that one verified and reaches /3 at once."""
+    rec = record(tmp_path)
+    assert settled_scope(rec, c("2001:db8:7::/48"), geo, WEST_DOWN) == 40
+    assert rec.resolve(A, c("2001:db8:1ff::/48"), geo, WEST_DOWN, random.Random(1)).scope == 3
+    assert brute_force_uniform(rec, geo, WEST_DOWN, ipaddress.ip_network("2000::/3"))
+    assert not brute_force_uniform(rec, geo, UP, ipaddress.ip_network("2001:db8::/39"))

@@ -212,18 +212,17 @@ class DynamicRecord:
         deterministic decision (``_memo_entry``'s last item) is the same, for ``status``, and
         whether the walk is finished: ``(length, settled)``.
 
-        No query pays for the whole walk: each looks at most ``WALK_LOOKS`` database networks
-        and runs the chain for at most ``WALK_RUNS`` locations it has not seen, then answers
-        the block verified so far (uniform, so a correct scope, only narrower) and leaves the
-        rest of the walk to the next queries from that network, which resume where it stopped.
-        A walk settles after ``geo.WIDEN_BUDGET`` networks in all.
+        No query pays for the whole walk: each visits at most ``WALK_LOOKS`` search-tree nodes
+        of the geo database and runs the chain for at most ``WALK_RUNS`` locations it has not
+        seen, then answers the block verified so far (uniform, so a correct scope, only
+        narrower) and leaves the rest to the next queries from that network. A walk settles
+        after ``geo.WIDEN_BUDGET`` nodes in all.
 
-        Cached per status snapshot twice: per database network (one lookup for the next query
-        from the same network; a walk not finished is kept as (length, where it stopped)) and
-        per block found
-        (a block is uniform, so every network inside it has the same answer: its length). Like
-        gdnsd's merge of supernets at load time, but done for the networks clients actually
-        come from, with the region state of the moment.
+        Cached per status snapshot twice: per database network (``nets``: one lookup for the
+        next query from it; a walk not finished is kept as (length, nodes visited)) and per
+        search-tree subtree (``nodes``: its one decision, or mixed), so walks from neighbouring
+        networks share what they found and a walk that resumes starts where it stopped (``GeoDB.widest``). Like gdnsd's merge of supernets at load time, but
+        done for the networks clients come from, with the region state of the moment.
         """
         memo = self._memo_for(status, qtype)
         # the client's own chain outcome first, on every path (resolve has it already), so a
@@ -234,39 +233,29 @@ class DynamicRecord:
         got = nets.get(nkey)
         if got.__class__ is int:
             return got, True
-        bits = 32 if client.family == 4 else 128
-        blocks = memo.blocks
-        if got is None:
-            for length in sorted(memo.lengths):
-                if length <= loc.prefix_len and (client.family, length, loc.network >> (bits - length)) in blocks:
-                    return nets.put(nkey, length), True
-        spent = [0, 0]  # networks looked at, chain runs
-        stopped: list[int] = []  # where the budget stopped the walk
+        entries = memo.entries
+        runs = [0]
 
-        def same(other: Location) -> bool | None:
-            if spent[0] >= WALK_LOOKS:
-                return None
-            spent[0] += 1
-            e = memo.entries.get(other.key)
+        def decision(record: int):
+            other = geo.place_at(record)
+            e = entries.get(other.key)
             if e is None:
-                if spent[1] >= WALK_RUNS:
+                if runs[0] >= WALK_RUNS:
                     return None
-                spent[1] += 1
+                runs[0] += 1
                 e = self._entry(memo, other.key, client, other, status, rng)
-            return e[6] == mine
+            return e[6]
 
-        if got is None:
-            length = geo.widest(client.family, loc, same, stopped=stopped)
-            looked = spent[0]
-        else:  # (length verified, where to go on, networks looked at so far): resume the walk
-            length = geo.widest(client.family, loc, same, start=got[0], resume=got[1], stopped=stopped)
-            looked = got[2] + spent[0]
-        if stopped and looked < WIDEN_BUDGET:
-            nets.put(nkey, (length, stopped[0], looked))
-            return length, False
-        blocks.put((client.family, length, loc.network >> (bits - length)), True)
-        memo.lengths.add(length)
-        return nets.put(nkey, length), True
+        looked = got[1] if got is not None else 0  # (length verified, nodes visited so far)
+        nodes = memo.nodes
+        if nodes is None:
+            nodes = memo.nodes = geo.node_memo()
+        length, spent = geo.widest(client.family, loc, mine, decision, nodes,
+                                   min(WALK_LOOKS, WIDEN_BUDGET - looked))
+        if spent is None or looked + spent >= WIDEN_BUDGET:  # final, or its whole budget spent
+            return nets.put(nkey, length), True
+        nets.put(nkey, (length, looked + spent))
+        return length, False
 
     def _memo_for(self, status: Status, qtype: int = A) -> "_Memo":
         """The memo of this status snapshot for the family of ``qtype`` (a new one per snapshot)."""
@@ -502,11 +491,11 @@ class _Memo:
     """What one record memoises for one status snapshot and one address family: the chain
     prefix per location key (``entries``), the widest scope per database network (``nets``),
     the outcome per database network when it is fixed (``fast``),
-    the uniform blocks found (``blocks``, their ``lengths``), the candidates (``start``) and
+    each search-tree subtree's one decision (``nodes``), the candidates (``start``) and
     whether the chain leaves nothing whatever the client (``everywhere``: scope 0). Bounded
     (``filterdns.cache.Cache``); a new snapshot gets a new memo."""
 
-    __slots__ = ("status", "start", "entries", "nets", "blocks", "lengths", "everywhere", "fast")
+    __slots__ = ("status", "start", "entries", "nets", "nodes", "everywhere", "fast")
 
     def __init__(self, status, start, record):
         self.status = status
@@ -515,8 +504,8 @@ class _Memo:
         self.nets = Cache(_MEMO_MAX)
         #: database network (``Location.net``) -> its fixed Resolution (scope not capped)
         self.fast = Cache(_MEMO_MAX)
-        self.blocks = Cache(_MEMO_MAX)
-        self.lengths: set[int] = set()
+        #: what the ECS scope walks found (``GeoDB.node_memo``), made by the first walk
+        self.nodes = None
         self.everywhere = record is not None and record.reads_client and record._everywhere_empty(start)
 
 

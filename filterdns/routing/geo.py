@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import math
+import mmap
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,10 @@ COUNTRIES_CSV = _DATA / "countries.csv"
 
 #: addresses whose location is kept (per generation of the bounded cache, filterdns.cache)
 _CACHE_MAX = 65536
-#: networks ``GeoDB.widest`` may look at for one block (bounds the first query's cost)
+#: search-tree nodes ``GeoDB.widest`` may visit for one network in all (bounds its cost)
 WIDEN_BUDGET = 512
+#: what ``GeoDB.widest`` hands back for a subtree whose networks get different decisions
+MIXED = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +175,130 @@ def location_from_record(rec: Mapping[str, Any] | None, prefix_len: int, network
                     network, family)
 
 
-class GeoDB:
-    """A geo database reader with a bounded per-address cache. Build with ``GeoDB.open``."""
+class _Tree:
+    """The database's binary search tree, read from the file itself (the MaxMind DB format:
+    ``node_count`` nodes of two records each, 24, 28 or 32 bits a record, then 16 zero octets
+    and the data section). ``GeoDB.widest`` walks it to enumerate the networks around a client
+    without decoding a record per network: a record below ``node_count`` is a node, equal to it
+    an empty network (no data), above it a pointer into the data section, and identical
+    records share one pointer (the writer deduplicates them), so a pointer names a location."""
 
-    __slots__ = ("path", "_reader", "_cache")
+    __slots__ = ("buf", "node_count", "tree_size", "ipv4_start", "ip_version", "children", "_decoder", "_file")
+
+    def __init__(self, path: str, node_count: int, record_size: int, ip_version: int):
+        from maxminddb.decoder import Decoder
+
+        self._file = open(path, "rb")  # noqa: SIM115 - held open for the mmap's life
+        try:
+            self.buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            self._file.close()
+            raise
+        self.node_count = node_count
+        self.ip_version = ip_version
+        size = record_size // 4  # octets per node
+        self.tree_size = tree_size = node_count * size
+        if tree_size + 16 > len(self.buf):
+            self.close()
+            raise ValueError("search tree runs past the end of the file")
+        self._decoder = Decoder(self.buf, tree_size + 16)
+        buf, frm = self.buf, int.from_bytes
+        if record_size == 24:
+            def children(node: int) -> tuple[int, int]:
+                v = frm(buf[node * 6:node * 6 + 6], "big")
+                return v >> 24, v & 0xFFFFFF
+        elif record_size == 28:
+            def children(node: int) -> tuple[int, int]:
+                v = frm(buf[node * 7:node * 7 + 7], "big")
+                return (v >> 32) | ((v >> 28 & 0xF) << 24), v & 0xFFFFFFF
+        elif record_size == 32:
+            def children(node: int) -> tuple[int, int]:
+                v = frm(buf[node * 8:node * 8 + 8], "big")
+                return v >> 32, v & 0xFFFFFFFF
+        else:
+            self.close()
+            raise ValueError(f"record size {record_size}")
+        self.children = children
+        start = 0
+        if ip_version == 6:  # IPv4 lives at ::/96 (the reader's own start node for IPv4)
+            for _ in range(96):
+                if start >= node_count:
+                    break
+                start = children(start)[0]
+        self.ipv4_start = start
+
+    def record(self, pointer: int) -> Any:
+        """The data a pointer (a record above ``node_count``) points at."""
+        return self._decoder.decode(pointer - self.node_count + self.tree_size)[0]
+
+    def close(self) -> None:
+        try:
+            self.buf.close()
+        finally:
+            self._file.close()
+
+
+class NodeMemo:
+    """What ``GeoDB.widest`` found about the search tree, for one decision function (one
+    record, address family and region-state snapshot): per node, its subtree's one decision
+    or ``MIXED``; per record (data pointer), its decision.
+
+    The node part is an array of 16-bit decision numbers indexed by node number, in an
+    anonymous memory map: 2 octets a node of address space (15 MB for the bundled database),
+    of which the kernel commits only the pages walks touch. Writers number nodes depth first,
+    so a subtree is one run of numbers and a walk touches a few pages. No hashing, no
+    eviction: a walk done once stays done for this snapshot (a new snapshot, a new memo).
+    Bounded by the database: at most ``node_count`` nodes and 65,533 distinct decisions (past
+    that, new decisions are not memoised)."""
+
+    __slots__ = ("ids", "decisions", "index", "leaves", "_map")
+
+    def __init__(self, node_count: int):
+        self._map = mmap.mmap(-1, max(2, 2 * node_count))
+        self.ids = memoryview(self._map).cast("H")  # node -> 0 unknown, 1 MIXED, 2+ decision
+        self.decisions: list = [None, MIXED]  # decision number -> decision
+        self.index: dict = {}  # decision -> its number
+        self.leaves = Cache(_CACHE_MAX)  # data pointer (or the empty record) -> its decision
+
+    def get(self, node: int) -> Any:
+        return self.decisions[self.ids[node]]
+
+    def put(self, node: int, d: Any) -> None:
+        if d is MIXED:
+            self.ids[node] = 1
+            return
+        i = self.index.get(d)
+        if i is None:
+            if len(self.decisions) >= 65535:
+                return
+            i = self.index[d] = len(self.decisions)
+            self.decisions.append(d)
+        self.ids[node] = i
+
+
+class GeoDB:
+    """A geo database reader with bounded caches. Build with ``GeoDB.open``.
+
+    Three caches, each a ``filterdns.cache.Cache``: address -> ``Location`` (one dict lookup
+    for a client seen before), database network -> ``Location`` (a new address in a known
+    network costs the ``maxminddb`` lookup alone: about 2 us) and record -> the location's
+    fields (a new network of a known place is not parsed again)."""
+
+    __slots__ = ("path", "_reader", "_cache", "_nets", "_places", "_tree", "_points")
 
     def __init__(self, reader: Any, path: str):
         self.path = path
         self._reader = reader
         self._cache = Cache(_CACHE_MAX)  # address text -> Location
+        self._nets = Cache(_CACHE_MAX)  # (family, network, prefix_len) -> Location
+        self._places = Cache(_CACHE_MAX)  # the record's items -> Location at /0 (its fields)
+        self._points = Cache(_CACHE_MAX)  # data pointer -> Location (GeoDB.widest)
+        self._tree: _Tree | None = None
+        try:
+            m = reader.metadata()
+            self._tree = _Tree(path, m.node_count, m.record_size, m.ip_version)
+        except (OSError, ValueError, AttributeError, ImportError):
+            self._tree = None  # no walk over neighbours: scopes stay the matched network
 
     @classmethod
     def open(cls, path: str | None = None) -> "GeoDB":
@@ -199,6 +317,8 @@ class GeoDB:
 
     def close(self) -> None:
         self._reader.close()
+        if self._tree is not None:
+            self._tree.close()
 
     def locate(self, client: Client) -> Location:
         """The location of ``client`` (its ECS address, or the resolver's address)."""
@@ -212,7 +332,7 @@ class GeoDB:
         return loc
 
     def lookup(self, address: str) -> Location:
-        """Uncached lookup of one address (IPv4 or IPv6 text)."""
+        """Lookup of one address (IPv4 or IPv6 text): one ``Location`` per database network."""
         mapped = False
         if ":" in address and "." in address:
             low = address.lower()
@@ -228,83 +348,129 @@ class GeoDB:
         if mapped:
             plen += 96
             network |= 0xFFFF << 32
-        return location_from_record(rec, plen, network, 6 if bits == 128 or mapped else 4)
+        family = 6 if bits == 128 or mapped else 4
+        nkey = (family, network, plen)
+        nets = self._nets
+        loc = nets.get(nkey)
+        if loc is None:
+            loc = nets.put(nkey, self._at(self._place(rec), plen, network, family))
+        return loc
 
-    def widest(self, family: int, loc: Location, same: Callable[[Location], bool],
-               budget: int = WIDEN_BUDGET, start: int | None = None, resume: int | None = None,
-               stopped: list | None = None) -> int:
-        """The shortest prefix length L <= ``loc.prefix_len`` such that every address of the
-        aligned /L block around ``loc``'s network has a location for which ``same`` is true.
-        ``same`` may also answer None: "not now" (the caller's budget ran out); the walk then
-        stops, returns the block verified so far and appends to ``stopped`` the address it
-        stopped at. ``start`` (a length already known to be such a block) and ``resume`` (that
-        address) resume such a walk where it stopped.
+    def _place(self, rec: Any) -> Location:
+        """The location a record names (at prefix 0, network 0): parsed once per record."""
+        if not rec:
+            return UNKNOWN
+        try:
+            rk = tuple(rec.items())
+            place = self._places.get(rk)
+        except TypeError:  # nested records (GeoLite2): not hashable as they are
+            rk, place = None, None
+        if place is None:
+            place = location_from_record(rec, 0)
+            if rk is not None:
+                self._places.put(rk, place)
+        return place
 
-        Walks up from the matched network one bit at a time; at each step the sibling block's
-        networks are enumerated with point lookups (each answer says how far its network
-        reaches), and the walk stops at the first location that is not ``same`` (gaps in the
-        database are the unknown location). At most ``budget`` networks are looked at: past that
-        the block found so far is returned, which may be narrower than the widest, never wider.
-        IPv4-mapped IPv6 clients are not widened.
+    @staticmethod
+    def _at(place: Location, plen: int, network: int, family: int) -> Location:
+        return Location(place.country, place.subdivision, place.continent, place.lat, place.lon, plen,
+                        place.asn, network, family)
+
+    def place_at(self, pointer: int) -> Location:
+        """The location of a search-tree record (``GeoDB.widest``): a data pointer, or the
+        empty record (``node_count``: no data, the unknown location)."""
+        tree = self._tree
+        if pointer <= tree.node_count:
+            return UNKNOWN
+        loc = self._points.get(pointer)
+        if loc is None:
+            try:
+                rec = tree.record(pointer)
+            except Exception:  # noqa: BLE001 - a corrupt record is an unknown location
+                rec = None
+            loc = self._points.put(pointer, self._place(rec))
+        return loc
+
+    def node_memo(self) -> NodeMemo | None:
+        """A fresh memo for ``widest`` (one per decision function), or None: no search tree
+        could be read, so no walk."""
+        return NodeMemo(self._tree.node_count) if self._tree is not None else None
+
+    def widest(self, family: int, loc: Location, mine: Any, decision: Callable[[int], Any],
+               nodes: NodeMemo | None, budget: int) -> tuple[int, int | None]:
+        """The shortest prefix length L <= ``loc.prefix_len`` such that every network of the
+        aligned /L block around ``loc``'s network has the decision ``mine``, as far as
+        ``budget`` search-tree nodes allow: ``(L, None)`` when that is final, ``(L, spent)``
+        when the budget ran out first (the block is uniform, so a correct scope, only perhaps
+        narrower; call again to go on).
+
+        ``decision(record)`` gives the decision of a search-tree record (a data pointer, or the
+        empty record: the unknown location; ``place_at`` turns it into a ``Location``), or
+        None: "not now" (the caller's budget of chain runs ran out). ``nodes`` (the caller's
+        ``node_memo()``, one per decision function) keeps what the walks found.
+
+        Walks up from the matched network one bit at a time; at each step every network of the
+        sibling subtree must have ``mine`` (found false by the first one that has not). Like gdnsd's merge of supernets at load time, but done
+        lazily for the networks clients come from, and memoised per subtree, so neighbouring
+        networks share the work. IPv4-mapped IPv6 clients are not widened.
         """
-        bits = 32 if family == 4 else 128
+        tree = self._tree
         length = loc.prefix_len
-        if family == 6 and loc.network >> 32 == 0xFFFF:
-            return length
-        lo = loc.network
-        if start is not None and start < length:
-            length = start
-            lo = lo >> (bits - length) << (bits - length) if length else 0
-        get = self._reader.get_with_prefix_len
-        text = _v4_text if family == 4 else _v6_text
-        seen: dict = {}
+        if tree is None or nodes is None or length == 0 or not loc.family:
+            return length, None
+        if family == 6 and (tree.ip_version == 4 or loc.network >> 32 == 0xFFFF):
+            return length, None
+        bits = 32 if family == 4 else 128
+        children = tree.children
+        count = tree.node_count
+        net = loc.network
+        node = tree.ipv4_start if family == 4 else 0
+        path = []
+        for i in range(length):  # the nodes from the family's root down to the matched network
+            if node >= count:
+                return length, None  # not the tree the lookup saw (cannot happen): do not widen
+            path.append(node)
+            node = children(node)[net >> (bits - 1 - i) & 1]
+        left = [budget]
+        ids, decisions, leaves = nodes.ids, nodes.decisions, nodes.leaves
+        put = nodes.put
+
+        def all_mine(n: int) -> bool | None:
+            """Every network under ``n`` has ``mine`` (True), one has not (False, found by the
+            shortest descent: a sibling with another answer costs a few reads, not a walk
+            over it), or the budget ran out (None)."""
+            if n >= count:  # a network: its record's decision
+                d = leaves.get(n)
+                if d is None:
+                    d = decision(n)
+                    if d is None:
+                        return None
+                    leaves.put(n, d)
+                return d == mine
+            i = ids[n]
+            if i:
+                return i != 1 and decisions[i] == mine
+            if left[0] <= 0:
+                return None
+            left[0] -= 1
+            a, b = children(n)
+            r = all_mine(a)
+            if r is True:
+                r = all_mine(b)
+                if r is not None:  # all mine, or mine on the left and not on the right
+                    put(n, mine if r else MIXED)
+            return r
+
         while length > 0:
-            size = 1 << (bits - length)
-            sib = lo - size if lo & size else lo + size
-            a, end = sib, sib + size
-            if resume is not None:
-                if sib <= resume < end:
-                    a = resume
-                resume = None
-            while a < end:
-                if budget <= 0:
-                    return length
-                budget -= 1
-                try:
-                    rec, plen = get(text(a))
-                except ValueError:
-                    return length
-                if plen < length:
-                    return length
-                # neighbours repeat a few records: one Location per distinct record (the
-                # predicate reads the location, not the network)
-                rk = tuple(rec.items()) if rec else None
-                try:
-                    loc_n = seen.get(rk)
-                except TypeError:  # nested records (GeoLite2): not hashable, not cached
-                    loc_n, rk = None, False
-                if loc_n is None:
-                    loc_n = location_from_record(rec, plen, a, family)
-                    if rk is not False:
-                        seen[rk] = loc_n
-                ok = same(loc_n)
-                if not ok:
-                    if ok is None and stopped is not None:
-                        stopped.append(a)
-                    return length
-                a += 1 << (bits - plen)
+            bit = net >> (bits - length) & 1
+            r = all_mine(children(path[length - 1])[1 - bit])
+            if r is None:
+                return length, budget - left[0]
+            if not r:
+                return length, None
             length -= 1
-            if sib < lo:
-                lo = sib
-        return length
-
-
-def _v4_text(n: int) -> str:
-    return socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big"))
-
-
-def _v6_text(n: int) -> str:
-    return socket.inet_ntop(socket.AF_INET6, n.to_bytes(16, "big"))
+            put(path[length], mine)  # both halves uniform: the parent is (for neighbours)
+        return 0, None
 
 
 # -- distances ---------------------------------------------------------------------------------
