@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
+class Client(NamedTuple):
     """Where a query comes from, as far as routing is concerned.
 
     ``address`` is the ECS address when the query carried ECS with a source prefix > 0, else
     the packet's source address. ``prefix`` is the ECS source prefix length, or 32/128 for a
     packet source. IPv4-mapped IPv6 sources are given as IPv4.
+
+    A tuple of plain values: the cyclic garbage collector stops tracking it at its first
+    collection, so the one kept per client subnet (``wire.ECS.client``) costs no collection
+    after that (serve/gctune.py).
     """
 
     address: str

@@ -69,7 +69,7 @@ class FormErr(Exception):
 class ECS:
     """A validated EDNS Client Subnet option (RFC 7871 §6)."""
 
-    __slots__ = ("family", "source", "scope", "address", "raw_addr", "key", "client", "_echo")
+    __slots__ = ("family", "source", "scope", "address", "raw_addr", "client", "_echo")
 
     def __init__(self, family: int, source: int, scope: int, address: str, raw_addr: bytes):
         self.family = family  # 1 = IPv4, 2 = IPv6
@@ -77,7 +77,6 @@ class ECS:
         self.scope = scope
         self.address = address  # textual, full length (zero padded)
         self.raw_addr = raw_addr  # as sent: ceil(source / 8) bytes
-        self.key = (family, source, raw_addr)  # identifies the client subnet (cache keys)
         self.client = None  # the model.Client for this subnet, made once by the responder
         self._echo: dict[int, bytes] = {}
 

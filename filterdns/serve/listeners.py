@@ -100,6 +100,7 @@ class DnsListeners:
         self.servers: list = []
         self.is_open = False
         self._gc_task: asyncio.Task | None = None
+        self._gc_pace: asyncio.Task | None = None
 
     async def open(self, socks: list[tuple[socket.socket, socket.socket]]) -> None:
         loop = asyncio.get_running_loop()
@@ -110,8 +111,9 @@ class DnsListeners:
             srv = await loop.create_server(lambda: TcpProtocol(self.tcp_state), sock=tsock, backlog=1024)
             self.servers.append(srv)
         self.is_open = True
-        if gctune.tune():  # the config is loaded: freeze it (serve/gctune.py)
+        if gctune.tune():  # the config is loaded: freeze it, collect on a clock (serve/gctune.py)
             self._gc_task = asyncio.create_task(self._refreeze_on_reload())
+            self._gc_pace = asyncio.create_task(gctune.pace())
 
     async def _refreeze_on_reload(self, interval: float = 5.0) -> None:
         holder = getattr(self.responder, "holder", None)
@@ -126,6 +128,8 @@ class DnsListeners:
         self.is_open = False
         if self._gc_task is not None:
             self._gc_task.cancel()
+        if self._gc_pace is not None:
+            self._gc_pace.cancel()
         for tr in self.transports:
             tr.close()
         for srv in self.servers:
