@@ -352,14 +352,48 @@ class DynamicRecord:
             if nk is not None and scope == uncapped:
                 memo.fast.put(nk, res)
             return res
-        ctx = Context(client, loc, rng, origin, False)
+        cur, more = self._tail(memo, tail, cur, removed, key, Context(client, loc, rng, origin, False))
+        return self._finish(qtype, start, cur, more, scope)
+
+    @staticmethod
+    def _tail(memo: "_Memo", tail: tuple, cur: tuple, removed: tuple, key, ctx: Context) -> tuple:
+        """The filters from the first one that draws on the RNG on: ``(answers, removed)``."""
         more = list(removed)
-        for f in tail:
-            out = f.apply(cur, ctx)
-            if len(out) < len(cur):
-                more.append((f.name, len(cur) - len(out)))
-            cur = out
-        return self._finish(qtype, start, cur, tuple(more), scope)
+        f = tail[0]  # draws for this input (that is where the memoised part ended)
+        out = f.apply(cur, ctx)
+        if len(out) < len(cur):
+            more.append((f.name, len(cur) - len(out)))
+        cur = out
+        n = len(tail)
+        j = 1
+        tails = memo.tails
+        while j < n:
+            # the filters from j on that do not draw for their input, memoised per input and
+            # client key. The input is keyed by identity: filters only drop and reorder the
+            # answers they are given, so each is one of this memo's candidates (``start``),
+            # alive as long as the memo, and an id cannot be reused while the key is held
+            tkey = (j, key, tuple(map(id, cur)))
+            hit = tails.get(tkey)
+            if hit is None:
+                k, c, rem = j, cur, []
+                while k < n and not tail[k].random_for(c):
+                    o = tail[k].apply(c, ctx)
+                    if len(o) < len(c):
+                        rem.append((tail[k].name, len(c) - len(o)))
+                    c = o
+                    k += 1
+                hit = tails.put(tkey, (c, tuple(rem), k))
+            cur, rem, j = hit
+            if rem:
+                more.extend(rem)
+            if j < n:
+                f = tail[j]
+                out = f.apply(cur, ctx)
+                if len(out) < len(cur):
+                    more.append((f.name, len(cur) - len(out)))
+                cur = out
+                j += 1
+        return cur, tuple(more)
 
     def route_at(self, loc: Location, status: Status, rng: random.Random,
                  client: Client | None = None, qtype: int = A) -> tuple[tuple[str, ...], tuple[str, ...], bool, bool]:
@@ -495,7 +529,7 @@ class _Memo:
     whether the chain leaves nothing whatever the client (``everywhere``: scope 0). Bounded
     (``filterdns.cache.Cache``); a new snapshot gets a new memo."""
 
-    __slots__ = ("status", "start", "entries", "nets", "nodes", "everywhere", "fast")
+    __slots__ = ("status", "start", "entries", "nets", "nodes", "everywhere", "fast", "tails")
 
     def __init__(self, status, start, record):
         self.status = status
@@ -506,6 +540,9 @@ class _Memo:
         self.fast = Cache(_MEMO_MAX)
         #: what the ECS scope walks found (``GeoDB.node_memo``), made by the first walk
         self.nodes = None
+        #: (tail position, client key, the answers left by identity) -> what the filters from
+        #: there give until the next one that draws: (answers, removed, where it stopped)
+        self.tails = Cache(_MEMO_MAX)
         self.everywhere = record is not None and record.reads_client and record._everywhere_empty(start)
 
 

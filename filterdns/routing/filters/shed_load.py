@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+from filterdns.cache import Cache
 from filterdns.routing.filters.base import Answer, Context, Filter, Option, as_float
 
 
@@ -39,20 +40,44 @@ class ShedLoad(Filter):
     def __init__(self, options, build):
         super().__init__(options, build)
         self.metric = self.options["metric"]
+        #: id(answers) -> (answers, each answer's verdict): the metadata is read once per
+        #: candidate tuple (candidates are built once per region-state snapshot), not per query
+        self._plans = Cache(1024)
+
+    def _verdict(self, a: Answer) -> float | None:
+        """None: keep; 1.0 or more: shed; between 0 and 1: shed with that probability."""
+        m = a.meta
+        load = as_float(m.get(self.metric))
+        low = as_float(m.get("low_watermark"))
+        high = as_float(m.get("high_watermark"))
+        if load is None or low is None or high is None or load <= low:
+            return None
+        if load >= high:
+            return 1.0
+        return (load - low) / (high - low) if high > low else 1.0
+
+    def _plan(self, answers: tuple[Answer, ...]) -> tuple:
+        hit = self._plans.get(id(answers))
+        if hit is None or hit[0] is not answers:
+            hit = self._plans.put(id(answers), (answers, tuple(self._verdict(a) for a in answers)))
+        return hit[1]
 
     def random_for(self, answers: tuple[Answer, ...]) -> bool:
         """Only loads strictly between the watermarks are decided by a draw."""
-        metric = self.metric
-        for a in answers:
-            m = a.meta
-            load = as_float(m.get(metric))
-            low = as_float(m.get("low_watermark"))
-            high = as_float(m.get("high_watermark"))
-            if load is not None and low is not None and high is not None and low < load < high:
-                return True
-        return False
+        return any(p is not None and p < 1.0 for p in self._plan(answers))
 
     def apply(self, answers: tuple[Answer, ...], ctx: Context) -> tuple[Answer, ...]:
+        if ctx.trace:
+            return self._apply_traced(answers, ctx)
+        out = []
+        rand = ctx.rng.random
+        for a, p in zip(answers, self._plan(answers), strict=True):
+            if p is None or (p < 1.0 and rand() >= p):
+                out.append(a)
+        return answers if len(out) == len(answers) else tuple(out)
+
+    def _apply_traced(self, answers: tuple[Answer, ...], ctx: Context) -> tuple[Answer, ...]:
+        """``apply`` with a note per answer (explain): the same draws, in the same order."""
         metric = self.metric
         out = []
         rand = ctx.rng.random
