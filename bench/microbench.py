@@ -10,6 +10,14 @@ countries), each sent once ("first": every subnet new to the server) and then on
 ("again"), on a freshly built state. Real resolver traffic looks like the second table.
 The socket-level comparison with gdnsd and PowerDNS is bench/run.py.
 
+``--bundled N`` times the seed's own chains the way ``bench/run.py`` sends them to the
+bundled config: N distinct /24s and /56s of the bundled database (``bench/mix.py``), a feed
+putting eu-west-2's wss between its ``shed_load`` watermarks, ``api`` (the deterministic
+latency chain) against ``wss-primary`` + ``wss-backup`` (a draw, a shuffle), four passes each
+(the first pays the ECS scope walks and the chain runs of new locations).
+The collector runs as in the server (``serve/gctune.py``: off, a young collection and a
+freeze every 600 queries here, about every 20 ms at the server's rate).
+
 ``--query-log PATH [--query-log-sample P]`` and ``--dnstap PATH`` time the same with the query
 log or dnstap on (serve/tap.py), as ``filterdns serve`` would run it.
 """
@@ -128,11 +136,57 @@ def run_many(n: int, per_query: bool = False) -> None:
                   f"{sum(1 for x in each if x > 1e-3)}")
 
 
+def serve_like_gc() -> None:
+    """The collector as a worker runs it (serve/gctune.py), in a loop without an event loop."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+
+def run_bundled(n: int) -> None:
+    import gc
+
+    import mix  # bench/mix.py
+
+    from filterdns.routing.geo import DEFAULT_DB
+
+    subnets = mix.bundled_subnets(n, ("US", "CA", "BR", "GB", "IE", "DE", "FR", "IN", "SG", "JP", "AU"), DEFAULT_DB)
+    print(f"\nbundled config, {n} distinct subnets (/24, /56), eu-west-2/wss between its watermarks; us/query per pass")
+    for label, names in (("api (deterministic)", ("api",)), ("wss-primary + wss-backup", ("wss-primary", "wss-backup"))):
+        rng = random.Random(13)
+        wires = [mix.ecs_query(f"{rng.choice(names)}.example.com", mix.QTYPE[rng.choice(("A", "AAAA"))], sub)
+                 for sub in subnets]
+        state = build_state(ROOT / "zones", ROOT / "chains")
+        inv = Inventory()
+        inv.feed("eu-west-2", "wss", {"connections": 7000})
+        holder, m = StateHolder(state), Metrics()
+        m.track_zones(holder)
+        r = Responder(holder, inv, m)
+        src = ("127.0.0.1", 1)
+        serve_like_gc()
+        figures = []
+        for _ in range(4):
+            t0 = time.thread_time()
+            for i, w in enumerate(wires):
+                r.respond(w, src, "udp", 0)
+                if i % 600 == 599:
+                    gc.collect(0)
+                    gc.freeze()
+            figures.append((time.thread_time() - t0) / len(wires) * 1e6)
+        gc.unfreeze()
+        gc.enable()
+        print(f"{label:28s} " + " ".join(f"{x:8.2f}" for x in figures))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=30000, help="queries per case (default %(default)s)")
     ap.add_argument("--subnets", type=int, default=100_000,
                     help="distinct client /24s of the many-subnet case, 0 to skip (default %(default)s)")
+    ap.add_argument("--bundled", type=int, default=0, metavar="N",
+                    help="also time the seed's chains on N distinct subnets of the bundled database (e.g. 60000)")
     ap.add_argument("--query-log", metavar="PATH", help="time with the query log on, written to PATH")
     ap.add_argument("--query-log-sample", type=float, default=0.01, metavar="P")
     ap.add_argument("--dnstap", metavar="PATH", help="time with dnstap on, written to PATH")
@@ -159,6 +213,8 @@ def main() -> None:
         print(f"{name:28s} {t:4s} {'ecs' if opts else '-':4s} {best:9.2f}")
     if args.subnets > 0:
         run_many(args.subnets, args.per_query)
+    if args.bundled > 0:
+        run_bundled(args.bundled)
 
 
 if __name__ == "__main__":
