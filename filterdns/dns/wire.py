@@ -69,7 +69,7 @@ class FormErr(Exception):
 class ECS:
     """A validated EDNS Client Subnet option (RFC 7871 §6)."""
 
-    __slots__ = ("family", "source", "scope", "address", "raw_addr", "client", "_echo")
+    __slots__ = ("family", "source", "scope", "address", "raw_addr", "client", "_opt")
 
     def __init__(self, family: int, source: int, scope: int, address: str, raw_addr: bytes):
         self.family = family  # 1 = IPv4, 2 = IPv6
@@ -78,24 +78,21 @@ class ECS:
         self.address = address  # textual, full length (zero padded)
         self.raw_addr = raw_addr  # as sent: ceil(source / 8) bytes
         self.client = None  # the model.Client for this subnet, made once by the responder
-        self._echo: dict[int, bytes] = {}
+        self._opt = None  # (scope, do, our OPT record): the last one made (answers repeat it)
 
     def echo(self, scope: int) -> bytes:
         """The option as it goes back: family, source and address as sent, our scope."""
-        out = self._echo.get(scope)
-        if out is None:
-            s = min(scope, 32 if self.family == 1 else 128)
-            body = struct.pack("!HBB", self.family, self.source, s) + self.raw_addr
-            out = self._echo[scope] = struct.pack("!HH", EDNS_ECS, len(body)) + body
-        return out
+        s = min(scope, 32 if self.family == 1 else 128)
+        body = struct.pack("!HBB", self.family, self.source, s) + self.raw_addr
+        return struct.pack("!HH", EDNS_ECS, len(body)) + body
 
     def opt(self, scope: int, do: bool) -> bytes:
-        """Our whole OPT record carrying this option back with ``scope`` (made once per pair)."""
-        k = scope + (1024 if do else 512)  # apart from echo()'s keys (the scopes)
-        out = self._echo.get(k)
-        if out is None:
-            out = self._echo[k] = opt_record(do=do, options=self.echo(scope))
-        return out
+        """Our whole OPT record carrying this option back with ``scope``; the last one is kept
+        (a subnet's answers carry one scope until its scope walk widens it)."""
+        o = self._opt
+        if o is None or o[0] != scope or o[1] != do:
+            o = self._opt = (scope, do, opt_record(do=do, options=self.echo(scope)))
+        return o[2]
 
     def __repr__(self) -> str:
         return f"ECS({self.address}/{self.source}, scope {self.scope})"

@@ -243,19 +243,20 @@ class NodeMemo:
     record, address family and region-state snapshot): per node, its subtree's one decision
     or ``MIXED``; per record (data pointer), its decision.
 
-    The node part is an array of 16-bit decision numbers indexed by node number, in an
-    anonymous memory map: 2 octets a node of address space (15 MB for the bundled database),
-    of which the kernel commits only the pages walks touch. Writers number nodes depth first,
-    so a subtree is one run of numbers and a walk touches a few pages. No hashing, no
-    eviction: a walk done once stays done for this snapshot (a new snapshot, a new memo).
-    Bounded by the database: at most ``node_count`` nodes and 65,533 distinct decisions (past
-    that, new decisions are not memoised)."""
+    The node part is an array of one-octet decision numbers indexed by node number, in an
+    anonymous memory map: one octet a node of address space (7.5 MB for the bundled
+    database), of which the kernel commits only the pages walks touch. Writers number nodes
+    depth first, so a subtree is one run of numbers and a walk touches a few pages. No
+    hashing, no eviction: a walk done once stays done for this snapshot (a new snapshot, a new
+    memo). Bounded by the database: at most ``node_count`` octets, and 253 distinct decisions
+    (a chain whose decision names the location itself has more: past 253, new decisions are
+    not memoised, and such a chain's blocks end at the first neighbour elsewhere anyway)."""
 
     __slots__ = ("ids", "decisions", "index", "leaves", "_map")
 
     def __init__(self, node_count: int):
-        self._map = mmap.mmap(-1, max(2, 2 * node_count))
-        self.ids = memoryview(self._map).cast("H")  # node -> 0 unknown, 1 MIXED, 2+ decision
+        self._map = mmap.mmap(-1, max(1, node_count))
+        self.ids = memoryview(self._map)  # node -> 0 unknown, 1 MIXED, 2+ decision
         self.decisions: list = [None, MIXED]  # decision number -> decision
         self.index: dict = {}  # decision -> its number
         self.leaves = Cache(_CACHE_MAX)  # data pointer (or the empty record) -> its decision
@@ -269,7 +270,7 @@ class NodeMemo:
             return
         i = self.index.get(d)
         if i is None:
-            if len(self.decisions) >= 65535:
+            if len(self.decisions) >= 255:
                 return
             i = self.index[d] = len(self.decisions)
             self.decisions.append(d)
