@@ -233,6 +233,118 @@ def test_native_recv_and_send_batch():
             c.close()
 
 
+@needs_native
+def test_native_serve_answers_each_datagram_to_its_own_address():
+    """_mmsg.serve: one round (recvmmsg, respond to each in order, sendmmsg). None sends
+    nothing; each reply goes to its query's address; when respond raises, the replies made
+    before are sent, the rest of the batch is dropped and the exception propagates."""
+    from filterdns.serve import _mmsg
+
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.setblocking(False)
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    seen = []
+
+    def respond(data, addr):
+        seen.append((data, addr))
+        return None if data.startswith(b"drop") else b"re:" + data
+
+    try:
+        assert _mmsg.serve(srv.fileno(), 8, respond) == (0, None)  # nothing waiting
+        # the address text is made in C (no inet_ntop): one, two and three digit octets
+        for i, (c, host) in enumerate(zip(clients, ("127.0.0.1", "127.10.99.100", "127.255.0.9",
+                                                    "127.1.200.254"), strict=True)):
+            c.bind((host, 0))
+            c.settimeout(5)
+            c.sendto(b"q%d" % i, srv.getsockname())
+            c.sendto(b"drop%d" % i, srv.getsockname())
+        time.sleep(0.1)
+        got, unsent = _mmsg.serve(srv.fileno(), 64, respond)
+        assert (got, unsent) == (8, None)
+        by_addr = {c.getsockname(): i for i, c in enumerate(clients)}
+        assert sorted(by_addr[a] for _, a in seen) == [0, 0, 1, 1, 2, 2, 3, 3]
+        assert all(d[-1:] == b"%d" % by_addr[a] for d, a in seen)
+        for i, c in enumerate(clients):
+            assert c.recv(100) == b"re:q%d" % i
+        c = clients[0]
+
+        def boom(data, addr):
+            if data == b"x2":
+                raise RuntimeError("boom")
+            return bytearray(b"ok:" + data)  # any bytes-like reply
+
+        for d in (b"x1", b"x2", b"x3"):
+            c.sendto(d, srv.getsockname())
+        time.sleep(0.1)
+        with pytest.raises(RuntimeError, match="boom"):
+            _mmsg.serve(srv.fileno(), 8, boom)
+        assert c.recv(100) == b"ok:x1"
+        c.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            c.recv(100)  # x3 was dropped with the exception
+        c.sendto(b"y", srv.getsockname())
+        time.sleep(0.1)
+        with pytest.raises(TypeError):
+            _mmsg.serve(srv.fileno(), 8, lambda data, addr: 5)
+        with pytest.raises(ValueError):
+            _mmsg.serve(srv.fileno(), 65, respond)
+    finally:
+        srv.close()
+        for c in clients:
+            c.close()
+
+
+@needs_native
+def test_replies_queue_behind_waiting_ones():
+    """While earlier replies wait for the socket to be writable, new replies queue behind them
+    (in order) and go out when it is."""
+    from collections import deque
+
+    class Loop:  # the event loop's reader/writer registration, recorded
+        def __init__(self):
+            self.writer = None
+
+        def add_reader(self, fd, cb):
+            pass
+
+        def remove_reader(self, fd):
+            pass
+
+        def add_writer(self, fd, cb):
+            self.writer = cb
+
+        def remove_writer(self, fd):
+            self.writer = None
+
+    class Echo:
+        def respond_udp(self, data, addr):
+            return b"re:" + data
+
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.bind(("127.0.0.1", 0))
+    c.settimeout(5)
+    loop = Loop()
+    u = udp.BatchedUdp(srv, Echo(), loop=loop)
+    try:
+        u.pending = deque([(b"earlier", c.getsockname())])
+        for d in (b"a", b"b"):
+            c.sendto(d, srv.getsockname())
+        time.sleep(0.1)
+        u._readable()
+        assert list(u.pending) == [(b"earlier", c.getsockname()), (b"re:a", c.getsockname()),
+                                   (b"re:b", c.getsockname())]
+        loop.add_writer(u.fd, u._writable)
+        loop.writer()
+        assert not u.pending and loop.writer is None
+        assert [c.recv(100) for _ in range(3)] == [b"earlier", b"re:a", b"re:b"]
+    finally:
+        u.close()
+        c.close()
+
+
 def test_fallback_when_the_module_cannot_be_imported():
     code = ("import sys; sys.modules['filterdns.serve._mmsg'] = None\n"
             "from filterdns.serve import udp\n"

@@ -6,7 +6,11 @@ moves bytes):
 * ``BatchedUdp`` (Linux, when the native ``_mmsg`` module was built at install): on each
   wake-up of the event loop it takes every waiting query with one ``recvmmsg`` call (up to
   ``BATCH``), answers them in order and sends the replies with one ``sendmmsg`` call. Under
-  load that is two system calls per batch instead of two per query. When the socket's send
+  load that is two system calls per batch instead of two per query. The loop over a batch is
+  ``_mmsg.serve``, in C: it calls the responder for each datagram and sends each reply to the
+  address its query came from without building a Python list of replies or parsing the
+  address back (the bench's 17-subnet mix through a BatchedUdp over loopback, in-process:
+  65,600 -> 62,200 user-space instructions per query, callgrind). When the socket's send
   buffer is full the unsent replies wait (at most ``PENDING_MAX``) for the socket to become
   writable, as the event loop's own transport would buffer them.
 * ``UdpProtocol``: the event loop's datagram transport, one callback and one ``sendto`` per
@@ -83,31 +87,37 @@ class BatchedUdp:
         self.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
-        recv, send, respond = _mmsg.recv_batch, _mmsg.send_batch, self.responder.respond_udp
-        fd = self.fd
+        serve, respond, fd = _mmsg.serve, self.responder.respond_udp, self.fd
         for _ in range(ROUNDS):
-            try:
-                batch = recv(fd, BATCH)
-            except OSError as e:  # ECONNREFUSED from an ICMP error and the like: nothing to do
-                if e.errno in (errno.EBADF, errno.ENOTSOCK):
-                    return
-                continue
-            if not batch:
+            if self.pending:  # replies wait for the socket: new ones queue behind them
+                got = self._round_behind()
+            else:
+                try:  # recvmmsg, respond to each datagram, sendmmsg: one call (_mmsg.serve)
+                    got, unsent = serve(fd, BATCH, respond)
+                except OSError as e:  # ECONNREFUSED from an ICMP error and the like: nothing to do
+                    if e.errno in (errno.EBADF, errno.ENOTSOCK):
+                        return
+                    continue
+                if unsent:
+                    self._queue(unsent, 0)
+            if got < BATCH:
                 return
-            out = []
-            for data, addr in batch:
-                resp = respond(data, addr)
-                if resp is not None:
-                    out.append((resp, addr))
-            if out:
-                if self.pending:
-                    self._queue(out, 0)
-                else:
-                    sent, err = send(fd, out)
-                    if err:
-                        self._queue(out, sent)
-            if len(batch) < BATCH:
-                return
+
+    def _round_behind(self) -> int:
+        """One round while earlier replies wait for the socket: receive, answer, queue."""
+        try:
+            batch = _mmsg.recv_batch(self.fd, BATCH)
+        except OSError as e:
+            return 0 if e.errno in (errno.EBADF, errno.ENOTSOCK) else BATCH
+        respond = self.responder.respond_udp
+        out = []
+        for data, addr in batch:
+            resp = respond(data, addr)
+            if resp is not None:
+                out.append((resp, addr))
+        if out:
+            self._queue(out, 0)
+        return len(batch)
 
     def _queue(self, out: list, start: int) -> None:
         """Keep replies the kernel could not take yet; send them when the socket is writable."""
