@@ -188,10 +188,7 @@ class Responder:
             res, scope = route(hit, client_of(q, src),
                                source_client(src) if hit.uses_resolver and q.ecs is not None else None,
                                state.geo, self.inventory.status, self.rng)
-            m = self.metrics
-            m.answer(hit.record.name, res.regions)
-            if res.removed:
-                m.filter_removed(res.removed)
+            self.metrics.answer(hit.record.name, res.regions, res.removed)
             bkey = (hit, res.addresses)
             bodies = self.bodies
             body = bodies.new.get(bkey)
@@ -219,9 +216,7 @@ class Responder:
         """Metrics of a decision that consulted a dynamic record."""
         if d.record is not None:
             res = d.resolution
-            self.metrics.answer(d.record.name, res.regions)
-            if res.removed:
-                self.metrics.filter_removed(res.removed)
+            self.metrics.answer(d.record.name, res.regions, res.removed)
 
     def _plan(self, q: wire.Query, state):
         """``core.plan`` for this query, cached per (name, type, class): a Route, or the

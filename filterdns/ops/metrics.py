@@ -20,8 +20,9 @@ time's bucket, zone, family, exact sizes) and increments it once; ``_fold``, at 
 ``snapshot`` (every second in a worker) or once ``RECENT_MAX`` keys have piled up, adds those
 keys to the counters and histograms. That halved the cost of a server's call (with the parsed
 query: zone, family and sizes too): about 870 -> 620 ns, and 61,600 -> 55,700 instructions
-per query of the bench's 17-subnet mix in-process (callgrind). Likewise ``answer`` counts
-(record, regions) and the country (country, regions), split per region at snapshot time.
+per query of the bench's 17-subnet mix in-process (callgrind). Likewise a dynamic answer is
+one key (record, regions, candidates removed by each filter, client country): ``answer``
+notes it, the ``query`` that follows counts it, a fold splits it per region and filter.
 
 Metric names (labels in braces; every label set is bounded by code or by config)::
 
@@ -146,16 +147,6 @@ def _add(d: dict, key: Any, n: int | float = 1) -> None:
     d[key] = d.get(key, 0) + n
 
 
-def _by_region(counts: Mapping[tuple[str, tuple[str, ...]], int]) -> dict[tuple[str, str], int]:
-    """{(x, regions): n} -> {(x, region): n} for each region of each key ("none" for ())."""
-    out: dict[tuple[str, str], int] = {}
-    for (x, regions), n in list(counts.items()):
-        for region in regions or ("none",):
-            k = (x, region)
-            out[k] = out.get(k, 0) + n
-    return out
-
-
 class Metrics:
     """Counters for one process. Cheap to call; exported on scrape.
 
@@ -187,7 +178,9 @@ class Metrics:
         self._sizes: dict[tuple[str, str], list[int]] = {}  # ("request" | "response", transport)
         self._size_sum: dict[tuple[str, str], int] = {}  # the same keys -> octets
         self._malformed: dict[tuple[str, str], int] = {}
-        self._answers: dict[tuple[str, tuple[str, ...]], int] = {}  # (record, regions)
+        # ((record, regions, removed), country or None) -> answers since the last fold
+        self._answered: dict[tuple, int] = {}
+        self._answers: dict[tuple[str, str], int] = {}  # (record, region)
         self._removed: dict[str, int] = {}
         self._drains: dict[tuple[str, str], int] = {}  # (action, cause)
         self._probes: dict[tuple[str, str, str], int] = {}
@@ -196,8 +189,10 @@ class Metrics:
         self._rrl: dict[tuple[str, str], int] = {}
         self._tap: dict[tuple[str, str], int] = {}  # (sink, "written" | "dropped")
         self._zcache: dict[bytes, str] = {}
-        self._countries: dict[tuple[str, tuple[str, ...]], int] = {}  # (client country, regions)
-        self._pending: tuple | None = None  # regions of the answer being counted
+        self._countries: dict[tuple[str, str], int] = {}  # (client country, region)
+        self._pending: tuple | None = None  # (record, regions, removed) of the answer being counted
+        self._geo_of: Any = None  # the State whose geo database _geo is
+        self._geo: Any = None
         self._scalars: dict[str, float] = {
             "ecs_formerr": 0, "truncated": 0, "servfail_exception": 0, "tcp_connections": 0,
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
@@ -241,10 +236,31 @@ class Metrics:
         Per query this is one increment of one key holding all of that (the sizes exact, the
         time as its bucket) and one addition to the time's sum; ``_fold`` splits the keys into
         the exported counters and histograms (per key, not per query)."""
-        if self._pending is not None:
-            regions, self._pending = self._pending, None
+        p = self._pending
+        if p is not None:  # a dynamic answer (``answer``): counted with the client's country
+            self._pending = None
+            country = None
             if query is not None:
-                self._by_country(query, src, regions)
+                # the ECS subnet's country, else the resolver's (the geo database's cached
+                # look-up, the one routing made)
+                holder = self._zholder
+                if holder is not None:
+                    st = holder.state
+                    if st is not self._geo_of:
+                        self._geo_of, self._geo = st, getattr(st, "geo", None)
+                    geo = self._geo
+                    country = geo.locate(client_of(query, src)).country or "unknown" if geo is not None \
+                        else "unknown"
+                else:
+                    country = "unknown"
+            k = (p, country)
+            a = self._answered
+            try:
+                a[k] += 1
+            except KeyError:
+                a[k] = 1
+                if len(a) > RECENT_MAX:
+                    self._fold_answers()
         if query is None:
             key = (transport, qtype, rcode, ecs, bisect_left(BUCKETS, seconds))
         else:
@@ -294,18 +310,20 @@ class Metrics:
                 h[_SIZE_IDX[size] if size < 65536 else _LAST] += n
                 size_sum[k] += size * n
 
-    def _by_country(self, query: Any, src: Any, regions: tuple[str, ...]) -> None:
-        """Count a dynamic answer by the client's country (the ECS subnet's, else the
-        resolver's; the geo database's cached look-up, the one routing made) and region
-        (one increment per answer; ``snapshot`` gives each region its own count)."""
-        holder = self._zholder
-        geo = getattr(holder.state, "geo", None) if holder is not None else None
-        country = "unknown"
-        if geo is not None:
-            country = geo.locate(client_of(query, src)).country or "unknown"
-        key = (country, regions)
-        c = self._countries
-        c[key] = c.get(key, 0) + 1
+    def _fold_answers(self) -> None:
+        """Add the answers ``query`` counted since the last fold to the exported counters."""
+        answered, self._answered = self._answered, {}
+        answers, countries, removed_by = self._answers, self._countries, self._removed
+        for ((record, regions, removed), country), n in answered.items():
+            for region in regions or ("none",):
+                k = (record, region)
+                answers[k] = answers.get(k, 0) + n
+                if country is not None:
+                    k = (country, region)
+                    countries[k] = countries.get(k, 0) + n
+            for name, count in removed:
+                if count:
+                    removed_by[name] = removed_by.get(name, 0) + count * n
 
     def malformed(self, transport: str, reason: str) -> None:
         """A packet that got no normal answer; reason in ``MALFORMED_REASONS``."""
@@ -322,15 +340,22 @@ class Metrics:
     def servfail_exception(self) -> None:
         self._scalars["servfail_exception"] += 1
 
-    def answer(self, record: str, regions: tuple[str, ...]) -> None:
-        """One answer for a configured dynamic record, by region ("none" when empty). The
-        ``query`` call that follows for the same query counts it by client country too."""
-        self._pending = regions
-        key = (record, regions)
-        a = self._answers
-        a[key] = a.get(key, 0) + 1
+    def answer(self, record: str, regions: tuple[str, ...],
+               removed: tuple[tuple[str, int], ...] = ()) -> None:
+        """One answer for a configured dynamic record, by region ("none" when empty), and the
+        candidates each filter removed on the way. The ``query`` call that follows for the same
+        query counts it (once, with the client's country)."""
+        if self._pending is not None:  # the previous answer's query was not counted: count it now
+            self._answer_alone()
+        self._pending = (record, regions, removed)
+
+    def _answer_alone(self) -> None:
+        k = (self._pending, None)
+        self._pending = None
+        self._answered[k] = self._answered.get(k, 0) + 1
 
     def filter_removed(self, removed: tuple[tuple[str, int], ...]) -> None:
+        """Candidates removed, by filter (outside an ``answer``)."""
         r = self._removed
         for name, count in removed:
             if count:
@@ -408,14 +433,23 @@ class Metrics:
     def snapshot(self) -> dict:
         """Plain copy of every counter (picklable; merge with ``merge``)."""
         self._fold()
+        self._fold_answers()
+        answers, removed = dict(self._answers), dict(self._removed)
+        if self._pending is not None:  # answered, its ``query`` call still to come
+            record, regions, pending_removed = self._pending
+            for region in regions or ("none",):
+                _add(answers, (record, region))
+            for name, count in pending_removed:
+                if count:
+                    _add(removed, name, count)
         return {
             "queries": dict(self._queries),
             "ecs": dict(self._ecs),
             "hist": {t: list(v) for t, v in self._hist.items()},
             "hist_sum": dict(self._hist_sum),
             "malformed": dict(self._malformed),
-            "answers": _by_region(self._answers),
-            "removed": dict(self._removed),
+            "answers": answers,
+            "removed": removed,
             "drains": dict(self._drains),
             "probes": dict(self._probes),
             "reloads": dict(self._reloads),
@@ -425,7 +459,7 @@ class Metrics:
             "requests": dict(self._requests),
             "sizes": {k: list(v) for k, v in self._sizes.items()},
             "size_sum": dict(self._size_sum),
-            "countries": _by_region(self._countries),
+            "countries": dict(self._countries),
             "scalars": dict(self._scalars),
             "do": dict(self._do),
             "dnssec": {(z, k): v for z, c in self._dnssec.items() for k, v in c.items()},
