@@ -168,7 +168,7 @@ class Metrics:
         """Forget every count (tests)."""
         # per query, one increment of one key (see ``query``); ``_fold`` turns those into the
         # counters below at snapshot time, or when RECENT_MAX keys have piled up
-        self._recent: dict[tuple, int] = {}
+        self._recent: dict[tuple, list[int]] = {}
         self._queries: dict[tuple[str, str, str], int] = {}
         self._ecs: dict[str, int] = {}
         # transport -> [bucket counts..., +Inf count] (not cumulative) and sum of seconds
@@ -179,7 +179,7 @@ class Metrics:
         self._size_sum: dict[tuple[str, str], int] = {}  # the same keys -> octets
         self._malformed: dict[tuple[str, str], int] = {}
         # ((record, regions, removed), country or None) -> answers since the last fold
-        self._answered: dict[tuple, int] = {}
+        self._answered: dict[tuple, list[int]] = {}
         self._answers: dict[tuple[str, str], int] = {}  # (record, region)
         self._removed: dict[str, int] = {}
         self._drains: dict[tuple[str, str], int] = {}  # (action, cause)
@@ -254,13 +254,10 @@ class Metrics:
                 else:
                     country = "unknown"
             k = (p, country)
-            a = self._answered
-            try:
-                a[k] += 1
-            except KeyError:
-                a[k] = 1
-                if len(a) > RECENT_MAX:
-                    self._fold_answers()
+            cell = self._answered.get(k)
+            if cell is None:
+                cell = self._new_cell(k, self._answered)
+            cell[0] += 1
         if query is None:
             key = (transport, qtype, rcode, ecs, bisect_left(BUCKETS, seconds))
         else:
@@ -268,25 +265,36 @@ class Metrics:
             key = (transport, qtype, rcode, ecs, bisect_left(BUCKETS, seconds),
                    self._zcache.get(qn) or self._zone(qn), ":" in src[0] if src else False,
                    size_in, size_out)
-        r = self._recent
-        try:
-            r[key] += 1
-        except KeyError:
-            r[key] = 1
-            if len(r) > RECENT_MAX:
-                self._fold()
+        cell = self._recent.get(key)
+        if cell is None:
+            cell = self._new_cell(key, self._recent)
+        cell[0] += 1
         hs = self._hist_sum
         try:
             hs[transport] += seconds
         except KeyError:
             hs[transport] = seconds
 
+    def _new_cell(self, key: tuple, table: dict) -> list[int]:
+        """The count of a key new to ``_recent`` or ``_answered`` (a one-item list: incrementing
+        it hashes the key once, where ``d[key] += 1`` hashes it twice). A table that holds
+        RECENT_MAX keys is folded first."""
+        if len(table) >= RECENT_MAX:
+            if table is self._recent:
+                self._fold()
+                table = self._recent
+            else:
+                self._fold_answers()
+                table = self._answered
+        cell = table[key] = [0]
+        return cell
+
     def _fold(self) -> None:
         """Add the keys ``query`` counted since the last fold to the exported counters."""
         recent, self._recent = self._recent, {}
         queries, ecs_q, hists = self._queries, self._ecs, self._hist
         requests, sizes, size_sum = self._requests, self._sizes, self._size_sum
-        for key, n in recent.items():
+        for key, (n,) in recent.items():
             transport, qtype, rcode, ecs, bucket = key[:5]
             k = (transport, QTYPES.get(qtype, "other"), RCODES.get(rcode, "other"))
             queries[k] = queries.get(k, 0) + n
@@ -314,7 +322,7 @@ class Metrics:
         """Add the answers ``query`` counted since the last fold to the exported counters."""
         answered, self._answered = self._answered, {}
         answers, countries, removed_by = self._answers, self._countries, self._removed
-        for ((record, regions, removed), country), n in answered.items():
+        for ((record, regions, removed), country), (n,) in answered.items():
             for region in regions or ("none",):
                 k = (record, region)
                 answers[k] = answers.get(k, 0) + n
@@ -352,7 +360,10 @@ class Metrics:
     def _answer_alone(self) -> None:
         k = (self._pending, None)
         self._pending = None
-        self._answered[k] = self._answered.get(k, 0) + 1
+        cell = self._answered.get(k)
+        if cell is None:
+            cell = self._new_cell(k, self._answered)
+        cell[0] += 1
 
     def filter_removed(self, removed: tuple[tuple[str, int], ...]) -> None:
         """Candidates removed, by filter (outside an ``answer``)."""
