@@ -49,6 +49,19 @@ static struct sockaddr_storage raddr[MAX_BATCH];
 
 /* dotted-quad text of a (network order) IPv4 address; returns its length (inet_ntop uses
  * sprintf, a large part of the cost of an address tuple) */
+/* One outgoing message: the buffer of ``view`` to ``addr``. */
+static void
+set_msg(struct mmsghdr *m, struct iovec *iov, const Py_buffer *view, void *addr, socklen_t alen)
+{
+    iov->iov_base = view->buf;
+    iov->iov_len = (size_t)view->len;
+    memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
+    m->msg_hdr.msg_iov = iov;
+    m->msg_hdr.msg_iovlen = 1;
+    m->msg_hdr.msg_name = addr;
+    m->msg_hdr.msg_namelen = alen;
+}
+
 static int
 ipv4_text(const unsigned char *b, char *out)
 {
@@ -263,13 +276,7 @@ send_batch(PyObject *self, PyObject *args)
                 PyBuffer_Release(&views[k]);
                 goto fail;
             }
-            iov[k].iov_base = views[k].buf;
-            iov[k].iov_len = (size_t)views[k].len;
-            memset(&msgs[k].msg_hdr, 0, sizeof msgs[k].msg_hdr);
-            msgs[k].msg_hdr.msg_iov = &iov[k];
-            msgs[k].msg_hdr.msg_iovlen = 1;
-            msgs[k].msg_hdr.msg_name = &addrs[k];
-            msgs[k].msg_hdr.msg_namelen = alen;
+            set_msg(&msgs[k], &iov[k], &views[k], &addrs[k], alen);
             continue;
         fail:
             for (int j = 0; j < k; j++)
@@ -339,13 +346,7 @@ serve(PyObject *self, PyObject *args)
         }
         replies[k] = r;
         who[k] = i;
-        iov[k].iov_base = views[k].buf;
-        iov[k].iov_len = (size_t)views[k].len;
-        memset(&msgs[k].msg_hdr, 0, sizeof msgs[k].msg_hdr);
-        msgs[k].msg_hdr.msg_iov = &iov[k];
-        msgs[k].msg_hdr.msg_iovlen = 1;
-        msgs[k].msg_hdr.msg_name = &peer[i];
-        msgs[k].msg_hdr.msg_namelen = peerlen[i];
+        set_msg(&msgs[k], &iov[k], &views[k], &peer[i], peerlen[i]);
         k++;
     }
     PyObject *exc_type = NULL, *exc_value = NULL, *exc_tb = NULL;
