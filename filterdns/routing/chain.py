@@ -103,8 +103,10 @@ class Resolution:
     trace: tuple | None = None
     location: Location | None = None
     fallback: bool = False
-    #: the same query from the same client gets this very answer until the status changes
-    #: (no filter drew on the RNG): callers may reuse what they rendered from it
+    #: every query for this record from the client's geo database network (with the same ECS
+    #: source prefix) gets this very answer until the status changes: no filter drew on the
+    #: RNG, the scope walk has settled and no filter reads the client's own address bits.
+    #: Callers may reuse what they rendered from it for that network (``serve/_mmsg`` Replay)
     fixed: bool = False
 
 
@@ -346,9 +348,14 @@ class DynamicRecord:
         else:
             scope = uncapped = self.scope_for(client, loc)
         if not tail:
-            res = done.get(scope)
+            # fixed: no filter drew, and the scope is final (the walk settled): the same answer
+            # for every query from this database network with this source prefix until the
+            # status changes. Not for a record that reads the client's own address bits.
+            fixed = not self.reads_client or memo.everywhere or (nk is not None and uncapped != -1)
+            dkey = scope if fixed else ~scope
+            res = done.get(dkey)
             if res is None:
-                res = done[scope] = self._finish(qtype, start, cur, removed, scope, True)
+                res = done[dkey] = self._finish(qtype, start, cur, removed, scope, fixed)
             if nk is not None and scope == uncapped:
                 memo.fast.put(nk, res)
             return res

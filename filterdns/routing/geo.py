@@ -183,7 +183,8 @@ class _Tree:
     an empty network (no data), above it a pointer into the data section, and identical
     records share one pointer (the writer deduplicates them), so a pointer names a location."""
 
-    __slots__ = ("buf", "node_count", "tree_size", "ipv4_start", "ip_version", "children", "_decoder", "_file")
+    __slots__ = ("buf", "node_count", "tree_size", "ipv4_start", "ip_version", "node_octets", "children",
+                 "_decoder", "_file")
 
     def __init__(self, path: str, node_count: int, record_size: int, ip_version: int):
         from maxminddb.decoder import Decoder
@@ -196,7 +197,7 @@ class _Tree:
             raise
         self.node_count = node_count
         self.ip_version = ip_version
-        size = record_size // 4  # octets per node
+        self.node_octets = size = record_size // 4  # octets per node
         self.tree_size = tree_size = node_count * size
         if tree_size + 16 > len(self.buf):
             self.close()
@@ -315,6 +316,15 @@ class GeoDB:
         except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:
             raise ConfigError([Problem(p, None, None, f"not a usable MaxMind database: {e}")]) from None
         return cls(reader, p)
+
+    def replay_tree(self) -> dict | None:
+        """The search tree as ``serve/_mmsg``'s Replay reads it (``Replay.reset`` arguments), so
+        its keys name a client's database network as ``locate`` does; None without a tree."""
+        t = self._tree
+        if t is None:
+            return None
+        return {"tree": t.buf, "node_count": t.node_count, "node_octets": t.node_octets,
+                "ip_version": t.ip_version, "ipv4_start": t.ipv4_start}
 
     def close(self) -> None:
         self._reader.close()
