@@ -47,6 +47,9 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_tap_written_total{sink}                    query log / dnstap entries written
     filterdns_tap_dropped_total{sink}                    ... dropped: the sink was too slow
     filterdns_rrl_evictions_total                        RRL buckets dropped (table full)
+    filterdns_udp_replay_total{result}                   UDP queries the Replay (serve/_mmsg.c) looked
+                                                         up: hit (answered in C) | miss (to Python)
+    filterdns_udp_replay_entries                         gauge: replayable answers held, all workers
     filterdns_config_generation                          gauge
     filterdns_config_last_reload_success_timestamp_seconds
     filterdns_reloads_total{result}                      result: success | failure
@@ -91,6 +94,7 @@ snapshots together; with ``serve --workers N`` the supervisor renders ``/metrics
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from typing import Any, Callable, Iterable, Mapping
 
@@ -135,6 +139,8 @@ _ZONE_CACHE_MAX = 10_000
 #: distinct keys ``Metrics.query`` holds before folding them into the counters (a snapshot
 #: folds them too: every second in a worker); bounds memory whatever the traffic
 RECENT_MAX = 4096
+#: label sets the UDP Replay counts under (``replay_cell``); beyond them nothing new is replayed
+REPLAY_CELLS = 4096
 DRAIN_CAUSES = frozenset({"operator", "health"})
 #: why the server closed a TCP connection (serve/tcp.py)
 TCP_CLOSE_REASONS = frozenset({"idle", "read_deadline", "lifetime", "write_stall", "evicted",
@@ -191,12 +197,17 @@ class Metrics:
         self._zcache: dict[bytes, str] = {}
         self._countries: dict[tuple[str, str], int] = {}  # (client country, region)
         self._pending: tuple | None = None  # (record, regions, removed) of the answer being counted
+        self._last_answered: tuple | None = None  # the ``_answered`` key the last ``query`` counted
+        #: (labels of ``query`` but the time, ``_answered`` key) -> the Replay's cell for them
+        self._replay: dict[tuple, Any] = {}
+        self._replay_stats: Callable[[], dict] | None = None  # the Replay's stats()
         self._geo_of: Any = None  # the State whose geo database _geo is
         self._geo: Any = None
         self._scalars: dict[str, float] = {
             "ecs_formerr": 0, "truncated": 0, "servfail_exception": 0, "tcp_connections": 0,
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
-            "rrl_buckets": 0, "rrl_evictions": 0,
+            "rrl_buckets": 0, "rrl_evictions": 0, "replay_hits": 0, "replay_misses": 0,
+            "replay_entries": 0,
         }
         # -- DNSSEC: the signers count into these dicts themselves (dnssec_counts) --------------
         self._do: dict[str, int] = {}
@@ -253,11 +264,13 @@ class Metrics:
                         else "unknown"
                 else:
                     country = "unknown"
-            k = (p, country)
+            k = self._last_answered = (p, country)
             cell = self._answered.get(k)
             if cell is None:
                 cell = self._new_cell(k, self._answered)
             cell[0] += 1
+        else:
+            self._last_answered = None
         if query is None:
             key = (transport, qtype, rcode, ecs, bisect_left(BUCKETS, seconds))
         else:
@@ -274,6 +287,66 @@ class Metrics:
             hs[transport] += seconds
         except KeyError:
             hs[transport] = seconds
+
+    @staticmethod
+    def latency_buckets() -> tuple[float, ...]:
+        """The upper bounds (seconds) of the processing-time histogram's buckets."""
+        return BUCKETS
+
+    def replay_cell(self, transport: str, qtype: int, rcode: int, ecs: bool, query: Any, src: Any,
+                    size_in: int, size_out: int) -> Any:
+        """Where the UDP transport's Replay (``serve/_mmsg.c``) counts the later hits of the
+        query ``query`` has just counted: an ``array('Q')`` of one count per latency bucket
+        then the nanoseconds spent, shared by every reply with the same labels. ``_harvest``
+        adds the cells to what ``query`` and ``answer`` count, as if each hit had called them.
+        None (the reply is not replayed) once ``REPLAY_CELLS`` label sets are held."""
+        qn = query.qname_lower
+        key = ((transport, qtype, rcode, ecs, self._zcache.get(qn) or self._zone(qn),
+                ":" in src[0] if src else False, size_in, size_out), self._last_answered)
+        cell = self._replay.get(key)
+        if cell is None:
+            if len(self._replay) >= REPLAY_CELLS:
+                return None
+            cell = self._replay[key] = array("Q", bytes(8 * (len(BUCKETS) + 2)))
+        return cell
+
+    def replay_source(self, stats: Callable[[], dict]) -> None:
+        """Where the UDP Replay's own counters come from (``Replay.stats``)."""
+        self._replay_stats = stats
+
+    def _harvest(self) -> None:
+        """Count what the Replay answered since the last harvest (``replay_cell``)."""
+        if self._replay_stats is not None:
+            st = self._replay_stats()
+            sc = self._scalars
+            sc["replay_hits"], sc["replay_misses"], sc["replay_entries"] = st["hits"], st["misses"], st["entries"]
+        if not self._replay:
+            return
+        from filterdns.serve._mmsg import take  # cells exist only where the module does
+
+        recent, answered, hs = self._recent, self._answered, self._hist_sum
+        nb = len(BUCKETS) + 1
+        for (rkey, akey), cell in self._replay.items():
+            got = take(cell)
+            total = sum(got[:nb])
+            if not total:
+                continue
+            head, tail = rkey[:4], rkey[4:]
+            for bucket, n in enumerate(got[:nb]):
+                if n:
+                    k = head + (bucket,) + tail
+                    c = recent.get(k)
+                    if c is None:
+                        c = self._new_cell(k, recent)
+                        recent = self._recent  # _new_cell may have folded
+                    c[0] += n
+            hs[rkey[0]] = hs.get(rkey[0], 0.0) + got[nb] / 1e9
+            if akey is not None:
+                c = answered.get(akey)
+                if c is None:
+                    c = self._new_cell(akey, answered)
+                    answered = self._answered
+                c[0] += total
 
     def _new_cell(self, key: tuple, table: dict) -> list[int]:
         """The count of a key new to ``_recent`` or ``_answered`` (a one-item list: incrementing
@@ -443,6 +516,7 @@ class Metrics:
     # -- export ---------------------------------------------------------------------------
     def snapshot(self) -> dict:
         """Plain copy of every counter (picklable; merge with ``merge``)."""
+        self._harvest()
         self._fold()
         self._fold_answers()
         answers, removed = dict(self._answers), dict(self._removed)
@@ -606,6 +680,14 @@ class _Collector(Collector):
                                 value=sc.get("rrl_buckets", 0))
         yield CounterMetricFamily("filterdns_rrl_evictions", "RRL buckets dropped because the table was full.",
                                   value=sc.get("rrl_evictions", 0))
+        c = CounterMetricFamily("filterdns_udp_replay", "UDP queries looked up in the answer Replay: hit "
+                                "(answered in C from an answer the policy path marked fixed) or miss.",
+                                labels=["result"])
+        c.add_metric(["hit"], sc.get("replay_hits", 0))
+        c.add_metric(["miss"], sc.get("replay_misses", 0))
+        yield c
+        yield GaugeMetricFamily("filterdns_udp_replay_entries", "Replayable answers held (all workers).",
+                                value=sc.get("replay_entries", 0))
         yield GaugeMetricFamily("filterdns_config_generation", "Generation of the config being served.",
                                 value=sc["config_generation"])
         yield GaugeMetricFamily("filterdns_config_last_reload_success_timestamp_seconds",
