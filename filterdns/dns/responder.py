@@ -113,6 +113,12 @@ class Responder:
         self.tap = None  # a serve.tap.Tap (query log, dnstap), or None
         #: unexpected exceptions (parser or answer bugs) that respond() caught: SERVFAIL or drop
         self.errors = 0
+        #: the UDP transport's ``_mmsg.Replay`` (``replay_for``); None before, False when off
+        self.replay = None
+        self._replay_epoch: tuple = ()
+        self._armed = None  # the Replay while a batch is served through it (``replay_for``)
+        #: set by ``answer``: the answer is fixed for everything a Replay key names
+        self._fixed = False
 
     # ------------------------------------------------------------------ the query path
     def respond(self, data: bytes, src, transport: str, limit: int) -> bytes | None:
@@ -142,6 +148,7 @@ class Responder:
             msg, rcode, tc = self.answer(q, src, limit)
         except Exception:
             self.errors += 1
+            self._fixed = False
             self._log_once("answer")
             m.servfail_exception()
             msg, tc = wire.render(q, SERVFAIL, False, 0, 0, 0, b"", 0, limit or wire.udp_limit(q))
@@ -153,7 +160,43 @@ class Responder:
         m.query(transport, q.qtype, rcode, q.ecs is not None, _perf() - t0, q, src, len(data), len(msg))
         if self.tap is not None:  # query log and dnstap (serve/tap.py); None when both are off
             self.tap(q, src, transport, data, msg, rcode, t0)
+        elif self._fixed and self._armed is not None and not tc and not q.do and transport == "udp":
+            # the reply may be replayed for the same key (serve/_mmsg.c): its later hits count
+            # in this cell exactly as this query counted above
+            self._armed.arm(m.replay_cell(transport, q.qtype, rcode, q.ecs is not None, q, src,
+                                          len(data), len(msg)))
         return msg
+
+    def replay_for(self, factory):
+        """The Replay the UDP transport serves through for this batch, or None.
+
+        Made by ``factory(latency bucket bounds)`` on first use and shared by every UDP socket of this responder.
+        None (nothing replayed) while response rate limiting, the query log or dnstap is on,
+        or the caches are off: each of those must see every query. Reset (every entry
+        forgotten) when the config or the region state is no longer the one its entries were
+        made under: a drain or reload is in effect from the first batch after it is applied."""
+        if self.rrl is not None or self.tap is not None or not self.use_cache:
+            self._armed = None
+            return None
+        rp = self.replay
+        if rp is None:
+            rp = self.replay = factory(self.metrics.latency_buckets()) or False
+            if rp:
+                self.metrics.replay_source(rp.stats)
+        if rp is False:  # off in this process (FILTERDNS_NO_REPLAY, no native module)
+            return None
+        state, status = self.holder.state, self.inventory.status
+        epoch = self._replay_epoch
+        if not epoch or epoch[0] is not state or epoch[1] is not status:
+            geo = getattr(state, "geo", None)
+            tree = geo.replay_tree() if geo is not None else None
+            if tree is not None:
+                rp.reset(**tree)
+            else:
+                rp.reset()
+            self._replay_epoch = (state, status)
+        self._armed = rp
+        return rp
 
     def respond_udp(self, data: bytes, src) -> bytes | None:
         """UDP: the size limit is the client's (RFC 6891), known only after parsing, so it is
@@ -168,6 +211,7 @@ class Responder:
         dynamic record), ``wire`` renders; what is cached is what those return (see the
         module docstring), so a cached answer is the uncached one, byte for byte."""
         state = self.holder.state
+        self._fixed = False
         if not limit:
             limit = wire.udp_limit(q)
         if self.cache_gen != state.generation:
@@ -189,6 +233,7 @@ class Responder:
                                source_client(src) if hit.uses_resolver and q.ecs is not None else None,
                                state.geo, self.inventory.status, self.rng)
             self.metrics.answer(hit.record.name, res.regions, res.removed)
+            fixed = res.fixed
             bkey = (hit, res.addresses)
             bodies = self.bodies
             body = bodies.new.get(bkey)
@@ -206,6 +251,9 @@ class Responder:
                     msg, tc = wire.render(q, rcode, aa, an, ns, ar, body, scope, limit)
                     return msg, rcode, tc
             hit = body
+        else:
+            fixed = True  # fixed by the query and the config alone
+        self._fixed = fixed
         rcode, aa, an, ns, ar, body, short = hit
         msg, tc = wire.render(q, rcode, aa, an, ns, ar, body, scope, limit)
         if tc and short is not None:

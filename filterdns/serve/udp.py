@@ -17,6 +17,21 @@ moves bytes):
   query. Used where the native module is missing (no C compiler at install, not Linux) or
   when ``FILTERDNS_UDP_PLAIN`` is set.
 
+The Replay (``BatchedUdp`` only; ``new_replay``, ``Responder.replay_for``): an answer the
+policy path marked fixed (``Resolution.fixed``: the same for every query from the client's
+geo database network with the same ECS source prefix until the region state changes, or a
+static answer) is kept in C with its key: the query's octets but the ID and the ECS address,
+then the database network of the peer and of the ECS address, read from the same search tree
+``GeoDB`` walks. A later datagram with the same key is answered in C (the kept reply with the
+new ID and ECS address patched in) without reaching Python; anything else — a shape it does
+not key (compression, several options, a scope, bits past the source prefix, TCP), a miss —
+goes to the responder as before. The Replay only replays bytes the responder made: it decides
+nothing, so the policy keeps one path. It is reset (every entry forgotten) on the first batch
+after a reload or any change of region state, is off while RRL, the query log or dnstap must
+see each query, and is bounded: two generations of ``REPLAY_MAX`` entries, replies <= 4096
+octets. ``FILTERDNS_NO_REPLAY=1`` turns it off. Its hits are counted into ``/metrics`` as the
+Python path counts them (``Metrics.replay_cell``).
+
 ``native()`` says which is available; ``mode()`` which one a new listener uses.
 """
 
@@ -40,6 +55,17 @@ BATCH = 32
 ROUNDS = 8
 #: replies kept while the send buffer is full; beyond this a reply is dropped (and counted)
 PENDING_MAX = 4096
+#: replayed answers kept per generation (two generations: at most twice this)
+REPLAY_MAX = 16384
+
+
+def new_replay(bounds=None):
+    """A Replay for a responder (``Responder.replay_for``) counting its hits' time in buckets
+    with these upper ``bounds`` (seconds), or None where it is off: ``FILTERDNS_NO_REPLAY``
+    set, or the native module missing."""
+    if _mmsg is None or os.environ.get("FILTERDNS_NO_REPLAY"):
+        return None
+    return _mmsg.Replay(REPLAY_MAX, bounds or ())
 
 
 def native() -> bool:
@@ -88,12 +114,14 @@ class BatchedUdp:
 
     def _readable(self) -> None:
         serve, respond, fd = _mmsg.serve, self.responder.respond_udp, self.fd
+        # the Replay of this config and region state (reset here when either changed), or None
+        replay = self.responder.replay_for(new_replay)
         for _ in range(ROUNDS):
             if self.pending:  # replies wait for the socket: new ones queue behind them
                 got = self._round_behind()
             else:
                 try:  # recvmmsg, respond to each datagram, sendmmsg: one call (_mmsg.serve)
-                    got, unsent = serve(fd, BATCH, respond)
+                    got, unsent = serve(fd, BATCH, respond, replay)
                 except OSError as e:  # ECONNREFUSED from an ICMP error and the like: nothing to do
                     if e.errno in (errno.EBADF, errno.ENOTSOCK):
                         return
