@@ -317,6 +317,9 @@ def test_replies_queue_behind_waiting_ones():
         def remove_writer(self, fd):
             self.writer = None
 
+        def call_soon(self, cb, *args):  # the EPOLLEXCLUSIVE step: not with this loop
+            pass
+
     class Echo:
         def respond_udp(self, data, addr):
             return b"re:" + data
@@ -373,3 +376,89 @@ def test_wheel_builds_with_and_without_a_compiler(tmp_path):
     assert any(n.endswith(".so") for n in wheel(tmp_path / "with"))
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert not any(n.endswith(".so") for n in wheel(tmp_path / "without", CC="/bin/false"))
+
+
+def _watch(fd: int) -> list[int]:
+    """The events mask each epoll of this process registers for ``fd`` (/proc/self/fdinfo)."""
+    out = []
+    for epfd in udp._epolls_watching(fd):
+        with open(f"/proc/self/fdinfo/{epfd}") as f:
+            for line in f:
+                parts = line.split()
+                if parts[:2] == ["tfd:", str(fd)]:
+                    out.append(int(parts[3], 16) & ~0x18)  # less EPOLLERR|EPOLLHUP, always set
+    return out
+
+
+@needs_native
+@pytest.mark.parametrize("loop_kind", ["uvloop", "asyncio"])
+def test_the_socket_is_exclusive_in_the_loops_epoll_and_standby_reads_only_when_needed(loop_kind):
+    """The reader is registered with EPOLLEXCLUSIVE in the running loop's own epoll (uvloop's
+    or asyncio's), a waiting writer uses another descriptor, a standby socket is in no epoll
+    until its queue stays non-empty, then reads, and leaves the epoll once the queue is quiet."""
+    import asyncio
+    import select
+
+    class Echo:
+        def respond_udp(self, data, addr):
+            return b"re:" + data
+
+        def replay_for(self, factory):
+            return None
+
+    async def main():
+        srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        srv.bind(("127.0.0.1", 0))
+        lead = udp.BatchedUdp(srv, Echo())
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if lead.exclusive is not None:
+                break
+        assert lead.exclusive is True
+        assert _watch(lead.fd) == [select.EPOLLIN | select.EPOLLEXCLUSIVE]
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.bind(("127.0.0.1", 0))
+        c.setblocking(False)
+        c.sendto(b"q", srv.getsockname())
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            try:
+                assert c.recv(100) == b"re:q"
+                break
+            except BlockingIOError:
+                continue
+        else:
+            raise AssertionError("no reply from the lead socket")
+        lead._queue([(b"late", c.getsockname())], 0)  # a reply waiting: the writer on the duplicate
+        await asyncio.sleep(0.05)
+        assert c.recv(100) == b"late"
+        assert _watch(lead.fd) == [select.EPOLLIN | select.EPOLLEXCLUSIVE]
+        lead.close()
+
+        srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        srv.bind(("127.0.0.1", 0))
+        sb = udp.BatchedUdp(srv, Echo(), standby=True)
+        await asyncio.sleep(0.1)
+        assert not sb.armed and _watch(sb.fd) == []
+        c.sendto(b"w", srv.getsockname())  # nobody else reads: the queue stays non-empty
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            try:
+                assert c.recv(100) == b"re:w"
+                break
+            except BlockingIOError:
+                continue
+        else:
+            raise AssertionError("the standby socket never read")
+        assert sb.armed and sb.arms == 1
+        await asyncio.sleep(udp.TICK * (udp.QUIET_TICKS + 20))
+        assert not sb.armed and _watch(sb.fd) == []
+        sb.close()
+        c.close()
+
+    if loop_kind == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

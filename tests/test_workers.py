@@ -121,3 +121,55 @@ def test_dead_worker_is_restarted(wsrv):
     after = float(re.search(r'filterdns_queries_total\{qtype="A",rcode="NOERROR",transport="udp"\} (\S+)',
                             scrape(wsrv)).group(1))
     assert after >= before  # the dead worker's counts are kept
+
+
+def lead_pid(sp) -> int:
+    """The pid of worker 0 (the UDP lead), from the supervisor's log: its latest start."""
+    return int(re.findall(r"worker 0 ready \(pid (\d+)\)", sp.log())[-1])
+
+
+def gauge(text: str, name: str) -> float:
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
+def test_the_lead_worker_alone_reads_udp_at_a_moderate_rate(wsrv):
+    """At a moderate rate one worker reads the shared socket and the other stands by: no
+    wake-up of a worker that then finds nothing (serve/udp.py, EPOLLEXCLUSIVE and standby)."""
+    q = dns.message.make_query("wss-primary.example.com.", "A", use_edns=0, options=GB).to_wire()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    for _ in range(300):
+        s.sendto(q, ("127.0.0.1", wsrv.port))
+        s.recv(4096)
+        time.sleep(0.002)
+    s.close()
+    time.sleep(1.3)
+    text = scrape(wsrv)
+    assert gauge(text, "filterdns_udp_sockets_reading") == 1
+    assert gauge(text, 'filterdns_udp_wakeups_total\\{result="data"\\}') >= 300
+    assert gauge(text, 'filterdns_udp_wakeups_total\\{result="empty"\\}') <= 3
+
+
+def test_a_standby_worker_answers_while_the_lead_is_stalled(wsrv):
+    """SIGSTOP the lead worker: the standby one sees the queue stay non-empty and reads it;
+    every query is answered, none later than a fraction of a second."""
+    lead = lead_pid(wsrv)
+    assert lead in worker_pids(wsrv)
+    q = dns.message.make_query("wss-primary.example.com.", "A", use_edns=0, options=GB)
+    os.kill(lead, signal.SIGSTOP)
+    try:
+        worst = 0.0
+        for i in range(100):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            t0 = time.monotonic()
+            s.sendto(q.to_wire(), ("127.0.0.1", wsrv.port))
+            assert addrs(dns.message.from_wire(s.recv(4096))) == LONDON, i
+            worst = max(worst, time.monotonic() - t0)
+            s.close()
+            time.sleep(0.01 if i % 10 else 0.7)  # now and then a gap: the standby stops and starts again
+        assert worst < 0.25, worst
+    finally:
+        os.kill(lead, signal.SIGCONT)
+    time.sleep(1.3)
+    assert gauge(scrape(wsrv), "filterdns_udp_standby_arms_total") >= 2

@@ -50,6 +50,12 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_udp_replay_total{result}                   UDP queries the Replay (serve/_mmsg.c) looked
                                                          up: hit (answered in C) | miss (to Python)
     filterdns_udp_replay_entries                         gauge: replayable answers held, all workers
+    filterdns_udp_wakeups_total{result}                  UDP socket wake-ups (serve/udp.py): data | empty
+                                                         (another worker had taken the datagrams)
+    filterdns_udp_replies_dropped_total                  UDP replies dropped: the send buffer stayed full
+    filterdns_udp_standby_arms_total                     times a standby worker started reading a socket
+                                                         (the lead worker did not keep up alone)
+    filterdns_udp_sockets_reading                        gauge: (worker, UDP socket) pairs reading now
     filterdns_config_generation                          gauge
     filterdns_config_last_reload_success_timestamp_seconds
     filterdns_reloads_total{result}                      result: success | failure
@@ -201,13 +207,15 @@ class Metrics:
         #: (labels of ``query`` but the time, ``_answered`` key) -> the Replay's cell for them
         self._replay: dict[tuple, Any] = {}
         self._replay_stats: Callable[[], dict] | None = None  # the Replay's stats()
+        self._udp_sources: list[Callable[[], tuple]] = []  # BatchedUdp.counts of each socket
         self._geo_of: Any = None  # the State whose geo database _geo is
         self._geo: Any = None
         self._scalars: dict[str, float] = {
             "ecs_formerr": 0, "truncated": 0, "servfail_exception": 0, "tcp_connections": 0,
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
             "rrl_buckets": 0, "rrl_evictions": 0, "replay_hits": 0, "replay_misses": 0,
-            "replay_entries": 0,
+            "replay_entries": 0, "udp_wakeups": 0, "udp_empty_wakeups": 0, "udp_dropped": 0,
+            "udp_arms": 0, "udp_reading": 0,
         }
         # -- DNSSEC: the signers count into these dicts themselves (dnssec_counts) --------------
         self._do: dict[str, int] = {}
@@ -314,8 +322,19 @@ class Metrics:
         """Where the UDP Replay's own counters come from (``Replay.stats``)."""
         self._replay_stats = stats
 
+    def udp_source(self, counts: Callable[[], tuple]) -> None:
+        """A UDP socket's (wake-ups, empty wake-ups, dropped replies, standby arms, reading now)
+        (``BatchedUdp.counts``)."""
+        self._udp_sources.append(counts)
+
     def _harvest(self) -> None:
-        """Count what the Replay answered since the last harvest (``replay_cell``)."""
+        """Count what the Replay answered since the last harvest (``replay_cell``), and read the
+        UDP sockets' own counters."""
+        if self._udp_sources:
+            tot = [sum(x) for x in zip(*(f() for f in self._udp_sources))]
+            sc = self._scalars
+            (sc["udp_wakeups"], sc["udp_empty_wakeups"], sc["udp_dropped"], sc["udp_arms"],
+             sc["udp_reading"]) = tot
         if self._replay_stats is not None:
             st = self._replay_stats()
             sc = self._scalars
@@ -564,6 +583,18 @@ class Metrics:
 #: scalars that are gauges (kept, not summed... except open TCP connections which do add up)
 # (rrl_buckets: every worker reads the one shared table, so each reports the same value)
 _MAX_SCALARS = frozenset({"config_generation", "last_reload_success", "rrl_buckets"})
+#: what a process holds now, not a count: an exited worker holds none of it
+_HELD_SCALARS = frozenset({"tcp_connections", "replay_entries", "udp_reading"})
+
+
+def retired(snapshot: dict) -> dict:
+    """The snapshot of a worker that exited as it is summed from then on: its counters stay,
+    what it held (open connections, replay entries, sockets it was reading) is gone."""
+    sc = dict(snapshot.get("scalars", {}))
+    for k in _HELD_SCALARS:
+        if k in sc:
+            sc[k] = 0
+    return {**snapshot, "scalars": sc}
 
 
 def merge(snapshots: Iterable[dict]) -> dict:
@@ -688,6 +719,18 @@ class _Collector(Collector):
         yield c
         yield GaugeMetricFamily("filterdns_udp_replay_entries", "Replayable answers held (all workers).",
                                 value=sc.get("replay_entries", 0))
+        c = CounterMetricFamily("filterdns_udp_wakeups", "Times a UDP socket woke a worker: data (it found "
+                                "datagrams) or empty (another worker had taken them).", labels=["result"])
+        c.add_metric(["data"], sc.get("udp_wakeups", 0) - sc.get("udp_empty_wakeups", 0))
+        c.add_metric(["empty"], sc.get("udp_empty_wakeups", 0))
+        yield c
+        yield CounterMetricFamily("filterdns_udp_replies_dropped", "UDP replies dropped because the socket's "
+                                  "send buffer stayed full.", value=sc.get("udp_dropped", 0))
+        yield CounterMetricFamily("filterdns_udp_standby_arms", "Times a standby worker started reading a "
+                                  "UDP socket because the lead worker did not keep up alone.",
+                                  value=sc.get("udp_arms", 0))
+        yield GaugeMetricFamily("filterdns_udp_sockets_reading", "(worker, UDP socket) pairs reading now.",
+                                value=sc.get("udp_reading", 0))
         yield GaugeMetricFamily("filterdns_config_generation", "Generation of the config being served.",
                                 value=sc["config_generation"])
         yield GaugeMetricFamily("filterdns_config_last_reload_success_timestamp_seconds",

@@ -87,7 +87,8 @@ def sockets_text(socks) -> str:
 class DnsListeners:
     """UDP and TCP transports of one process, all answering through one Responder."""
 
-    def __init__(self, responder, metrics, tcp: dict, rrl: dict | None = None, rrl_table=None):
+    def __init__(self, responder, metrics, tcp: dict, rrl: dict | None = None, rrl_table=None,
+                 standby: bool = False):
         """``tcp``: ServeOptions.tcp_limits(); ``rrl``: RrlConfig.to_dict() or None (off);
         ``rrl_table``: the server's shared RrlTable (workers), None for one of its own."""
         self.responder = responder
@@ -96,6 +97,8 @@ class DnsListeners:
 
             responder.rrl = Rrl(RrlConfig.from_dict(rrl), metrics, table=rrl_table)
         self.tcp_state = TcpServerState(responder, metrics, **tcp)
+        #: UDP: another worker leads; read only while it does not keep up (serve/udp.py)
+        self.standby = standby
         self.transports: list = []
         self.servers: list = []
         self.is_open = False
@@ -107,7 +110,8 @@ class DnsListeners:
         for usock, tsock in socks:
             usock.setblocking(False)
             tsock.setblocking(False)
-            self.transports.append(await open_udp(usock, self.responder))
+            self.transports.append(await open_udp(usock, self.responder, self.responder.metrics,
+                                                   standby=self.standby))
             srv = await loop.create_server(lambda: TcpProtocol(self.tcp_state), sock=tsock, backlog=1024)
             self.servers.append(srv)
         self.is_open = True

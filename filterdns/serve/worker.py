@@ -100,7 +100,9 @@ class Worker:
         responder = Responder(self.holder, self.inventory, self.metrics)
         self.metrics.track_zones(self.holder)  # requests by zone
         responder.tap = qtap = tap.build(self.holder, self.metrics, self.args.get("tap"), worker=self.index)
-        dns = DnsListeners(responder, self.metrics, self.args["tcp"], self.args["rrl"], rrl_table=rrl_table)
+        # worker 0 leads on UDP; the others stand by and read while it does not keep up alone
+        dns = DnsListeners(responder, self.metrics, self.args["tcp"], self.args["rrl"], rrl_table=rrl_table,
+                           standby=self.index > 0)
         await dns.open(socks)
         st = self.holder.state
         log.debug("listening on %d inherited socket pair(s), generation %d", len(socks), st.generation)
