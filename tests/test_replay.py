@@ -236,3 +236,123 @@ def test_a_drain_is_in_effect_from_the_reply_after_it_is_acknowledged(tmp_path):
         assert [gb(sp) for _ in range(40)] == [{"lon"}] * 40
     finally:
         sp.stop()
+
+
+def _shed_state(state_dir) -> None:
+    """eu-west-2's wss between its shed_load watermarks: GB clients' wss-primary draws."""
+    import json
+    import time
+
+    import yaml
+
+    from conftest import ROOT
+
+    meta = yaml.safe_load((ROOT / "chains" / "regions.yaml").read_text())["regions"]["eu-west-2"]["services"]["wss"]["meta"]
+    load = (float(meta["low_watermark"]) + float(meta["high_watermark"])) / 2
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "state.json").write_text(json.dumps(
+        {"version": 1, "saved_at": int(time.time()), "drains": [],
+         "feeds": [{"region": "eu-west-2", "service": "wss", "values": {"connections": load}}]}))
+
+
+def _tally(port: int, name: str, n: int) -> dict:
+    q = dns.message.make_query(name, "A", use_edns=0, options=[dns.edns.ECSOption("81.2.69.0", 24)])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    out: dict = {}
+    try:
+        for i in range(n):
+            q.id = i
+            s.sendto(q.to_wire(), ("127.0.0.1", port))
+            r = dns.message.from_wire(s.recv(4096))
+            assert r.id == i
+            k = tuple(sorted(rr.address for rrset in r.answer for rr in rrset))
+            out[k] = out.get(k, 0) + 1
+    finally:
+        s.close()
+    return out
+
+
+@pytest.mark.e2e
+def test_random_answers_replayed_from_pools_keep_pythons_distribution(tmp_path):
+    """wss-backup (shuffle over the 3 nearest, then the first) and wss-primary (shed_load
+    between its watermarks) for one GB subnet, without --seed: replayed from pools of Python's
+    draws, each answer has the probabilities Python's own draw has (against a server without the
+    Replay), the Replay answers most queries, and /metrics counts every answer's region exactly."""
+    import re
+
+    servers = []
+    try:
+        for name, env in (("replay", {}), ("python", {"FILTERDNS_NO_REPLAY": "1"})):
+            d = tmp_path / name
+            _shed_state(d / "state")
+            mport = free_port()
+            sp = start_server(d, "--metrics", f"127.0.0.1:{mport}", "--no-health", "--no-watch", env=env)
+            sp.mport = mport
+            servers.append(sp)
+        n = 4000
+        seen = {}
+        for record in ("wss-backup.example.com", "wss-primary.example.com"):
+            got = seen[record] = [_tally(sp.port, record, n) for sp in servers]
+            assert set(got[0]) == set(got[1]) and len(got[0]) >= 2, got
+            for k in got[0]:
+                pa, pb = got[0][k] / n, got[1][k] / n
+                assert abs(pa - pb) < 0.05, (record, k, got)  # ~4.5 standard deviations
+        import time
+
+        time.sleep(1.3)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{servers[0].mport}/metrics", timeout=10).read().decode()
+        hits = float(re.search(r'filterdns_udp_replay_total\{result="hit"\} (\S+)', text).group(1))
+        assert hits > 2 * n * 0.6, hits  # one query in 4 of a full pool goes to Python
+        backup = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'filterdns_answers_total\{record="wss-backup.example.com.",region="([^"]+)"\} (\S+)', text)}
+        # each answer is one region's addresses: as many regions counted as answers seen, and
+        # their counts are the counts the client saw
+        assert sum(backup.values()) == n and len(backup) == len(seen["wss-backup.example.com"][0]), backup
+        assert sorted(backup.values()) == sorted(seen["wss-backup.example.com"][0].values()), (backup, seen)
+    finally:
+        for sp in servers:
+            sp.stop()
+
+
+@pytest.mark.unit
+def test_the_replay_is_bounded_by_entries_and_by_octets():
+    """Distinct keys beyond either bound rotate the generations: the entries and the octets
+    held never pass twice a generation's share, whatever the traffic; pooled keys the same."""
+    from array import array
+
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.setblocking(False)
+    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cli.bind(("127.0.0.1", 0))
+    cli.setblocking(False)
+    for cap, max_bytes, pooled in ((16, 1 << 30, False), (4096, 1 << 16, False), (4096, 1 << 16, True)):
+        rp = udp._mmsg.Replay(cap, (), max_bytes=max_bytes)
+        cell = array("Q", bytes(8 * 2))
+
+        def respond(data, addr):
+            rp.arm(cell, pooled)
+            return data[:2] + b"\x81\x80" + data[4:] + b"\0" * 900  # a reply of ~930 octets
+
+        peak_e = peak_b = 0
+        for i in range(3000):
+            q = dns.message.make_query(f"n{i}.example.com", "A")
+            cli.sendto(q.to_wire(), srv.getsockname())
+            if i % 16 == 15:
+                while udp._mmsg.serve(srv.fileno(), 32, respond, rp)[0]:
+                    pass
+                st = rp.stats()
+                peak_e, peak_b = max(peak_e, st["entries"]), max(peak_b, st["bytes"])
+                try:
+                    while cli.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+        st = rp.stats()
+        assert st["inserts"] > 2000, st
+        assert peak_e <= 2 * cap, (cap, peak_e)
+        assert peak_b <= max_bytes + 2 * 5000, (max_bytes, peak_b)  # each generation may pass by one entry
+        assert st["rotations"] > 0, st
+    srv.close()
+    cli.close()

@@ -99,6 +99,9 @@ class Responder:
         self.inventory = inventory
         self.metrics = metrics or NullMetrics()
         self.rng = rng or random.Random()
+        #: random answers may be replayed from pools of draws (``Resolution.pooled``); not with
+        #: a seeded RNG, whose point is the same answers in the same order on every run
+        self.pool_random = rng is None
         self.use_cache = cache
         #: (name, type, class) -> a core.Route, or a rendered answer (static: fixed per config)
         self.plans = Cache(CACHE_MAX)
@@ -117,8 +120,9 @@ class Responder:
         self.replay = None
         self._replay_epoch: tuple = ()
         self._armed = None  # the Replay while a batch is served through it (``replay_for``)
-        #: set by ``answer``: the answer is fixed for everything a Replay key names
-        self._fixed = False
+        #: set by ``answer``: 1 the answer is fixed for everything a Replay key names, 2 it is a
+        #: draw of a distribution fixed for it (pooled), 0 neither
+        self._fixed = 0
 
     # ------------------------------------------------------------------ the query path
     def respond(self, data: bytes, src, transport: str, limit: int) -> bytes | None:
@@ -148,7 +152,7 @@ class Responder:
             msg, rcode, tc = self.answer(q, src, limit)
         except Exception:
             self.errors += 1
-            self._fixed = False
+            self._fixed = 0
             self._log_once("answer")
             m.servfail_exception()
             msg, tc = wire.render(q, SERVFAIL, False, 0, 0, 0, b"", 0, limit or wire.udp_limit(q))
@@ -164,7 +168,7 @@ class Responder:
             # the reply may be replayed for the same key (serve/_mmsg.c): its later hits count
             # in this cell exactly as this query counted above
             self._armed.arm(m.replay_cell(transport, q.qtype, rcode, q.ecs is not None, q, src,
-                                          len(data), len(msg)))
+                                          len(data), len(msg)), self._fixed == 2)
         return msg
 
     def replay_for(self, factory):
@@ -211,7 +215,7 @@ class Responder:
         dynamic record), ``wire`` renders; what is cached is what those return (see the
         module docstring), so a cached answer is the uncached one, byte for byte."""
         state = self.holder.state
-        self._fixed = False
+        self._fixed = 0
         if not limit:
             limit = wire.udp_limit(q)
         if self.cache_gen != state.generation:
@@ -233,7 +237,7 @@ class Responder:
                                source_client(src) if hit.uses_resolver and q.ecs is not None else None,
                                state.geo, self.inventory.status, self.rng)
             self.metrics.answer(hit.record.name, res.regions, res.removed)
-            fixed = res.fixed
+            fixed = 1 if res.fixed else 2 if res.pooled and self.pool_random else 0
             bkey = (hit, res.addresses)
             bodies = self.bodies
             body = bodies.new.get(bkey)
@@ -252,7 +256,7 @@ class Responder:
                     return msg, rcode, tc
             hit = body
         else:
-            fixed = True  # fixed by the query and the config alone
+            fixed = 1  # fixed by the query and the config alone
         self._fixed = fixed
         rcode, aa, an, ns, ar, body, short = hit
         msg, tc = wire.render(q, rcode, aa, an, ns, ar, body, scope, limit)

@@ -50,6 +50,7 @@ Metric names (labels in braces; every label set is bounded by code or by config)
     filterdns_udp_replay_total{result}                   UDP queries the Replay (serve/_mmsg.c) looked
                                                          up: hit (answered in C) | miss (to Python)
     filterdns_udp_replay_entries                         gauge: replayable answers held, all workers
+    filterdns_udp_replay_bytes                           gauge: octets of keys and replies they hold
     filterdns_udp_wakeups_total{result}                  UDP socket wake-ups (serve/udp.py): data | empty
                                                          (another worker had taken the datagrams)
     filterdns_udp_replies_dropped_total                  UDP replies dropped: the send buffer stayed full
@@ -214,7 +215,7 @@ class Metrics:
             "ecs_formerr": 0, "truncated": 0, "servfail_exception": 0, "tcp_connections": 0,
             "tcp_refused": 0, "config_generation": 0, "last_reload_success": 0,
             "rrl_buckets": 0, "rrl_evictions": 0, "replay_hits": 0, "replay_misses": 0,
-            "replay_entries": 0, "udp_wakeups": 0, "udp_empty_wakeups": 0, "udp_dropped": 0,
+            "replay_entries": 0, "replay_bytes": 0, "udp_wakeups": 0, "udp_empty_wakeups": 0, "udp_dropped": 0,
             "udp_arms": 0, "udp_reading": 0,
         }
         # -- DNSSEC: the signers count into these dicts themselves (dnssec_counts) --------------
@@ -339,6 +340,7 @@ class Metrics:
             st = self._replay_stats()
             sc = self._scalars
             sc["replay_hits"], sc["replay_misses"], sc["replay_entries"] = st["hits"], st["misses"], st["entries"]
+            sc["replay_bytes"] = st.get("bytes", 0)
         if not self._replay:
             return
         from filterdns.serve._mmsg import take  # cells exist only where the module does
@@ -584,7 +586,7 @@ class Metrics:
 # (rrl_buckets: every worker reads the one shared table, so each reports the same value)
 _MAX_SCALARS = frozenset({"config_generation", "last_reload_success", "rrl_buckets"})
 #: what a process holds now, not a count: an exited worker holds none of it
-_HELD_SCALARS = frozenset({"tcp_connections", "replay_entries", "udp_reading"})
+_HELD_SCALARS = frozenset({"tcp_connections", "replay_entries", "replay_bytes", "udp_reading"})
 
 
 def retired(snapshot: dict) -> dict:
@@ -719,6 +721,8 @@ class _Collector(Collector):
         yield c
         yield GaugeMetricFamily("filterdns_udp_replay_entries", "Replayable answers held (all workers).",
                                 value=sc.get("replay_entries", 0))
+        yield GaugeMetricFamily("filterdns_udp_replay_bytes", "Octets of keys and replies the answer Replay "
+                                "holds (all workers).", value=sc.get("replay_bytes", 0))
         c = CounterMetricFamily("filterdns_udp_wakeups", "Times a UDP socket woke a worker: data (it found "
                                 "datagrams) or empty (another worker had taken them).", labels=["result"])
         c.add_metric(["data"], sc.get("udp_wakeups", 0) - sc.get("udp_empty_wakeups", 0))

@@ -108,6 +108,11 @@ class Resolution:
     #: RNG, the scope walk has settled and no filter reads the client's own address bits.
     #: Callers may reuse what they rendered from it for that network (``serve/_mmsg`` Replay)
     fixed: bool = False
+    #: a filter drew on the RNG, and that is all the answer depends on beyond what ``fixed``
+    #: names: every query from the network gets an independent draw of one distribution, fixed
+    #: until the status changes. Callers may keep several draws and pick one of them at random,
+    #: each draw replaced by a fresh one now and then (the Replay's pools)
+    pooled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,11 +352,11 @@ class DynamicRecord:
                 scope = client.prefix
         else:
             scope = uncapped = self.scope_for(client, loc)
+        # fixed: the scope is final (the walk settled) and no filter reads the client's own
+        # address bits: for every query from this database network with this source prefix
+        # until the status changes, the same answer (no tail) or a draw of the same one (tail)
+        fixed = not self.reads_client or memo.everywhere or (nk is not None and uncapped != -1)
         if not tail:
-            # fixed: no filter drew, and the scope is final (the walk settled): the same answer
-            # for every query from this database network with this source prefix until the
-            # status changes. Not for a record that reads the client's own address bits.
-            fixed = not self.reads_client or memo.everywhere or (nk is not None and uncapped != -1)
             dkey = scope if fixed else ~scope
             res = done.get(dkey)
             if res is None:
@@ -360,7 +365,7 @@ class DynamicRecord:
                 memo.fast.put(nk, res)
             return res
         cur, more = self._tail(memo, tail, cur, removed, key, Context(client, loc, rng, origin, False))
-        return self._finish(qtype, start, cur, more, scope)
+        return self._finish(qtype, start, cur, more, scope, False, fixed)
 
     @staticmethod
     def _tail(memo: "_Memo", tail: tuple, cur: tuple, removed: tuple, key, ctx: Context) -> tuple:
@@ -461,7 +466,8 @@ class DynamicRecord:
                 return True
         return False
 
-    def _finish(self, qtype: int, start, cur, removed, scope, fixed: bool = False) -> Resolution:
+    def _finish(self, qtype: int, start, cur, removed, scope, fixed: bool = False,
+                pooled: bool = False) -> Resolution:
         used_fallback = False
         if not cur and start:
             used_fallback = True
@@ -471,7 +477,7 @@ class DynamicRecord:
         else:
             addrs = tuple(x for a in cur for x in a.v4)
         return Resolution(addrs, scope, tuple(a.name for a in cur), removed, None, None, used_fallback,
-                          fixed)
+                          fixed, pooled)
 
     def _resolve_full(self, qtype: int, client: Client, geo: GeoDB, status: Status,
                       rng: random.Random, trace: bool) -> Resolution:

@@ -319,12 +319,30 @@ send_batch(PyObject *self, PyObject *args)
  * copied to the newer; when the newer is full the older is dropped (bounded, never cleared
  * wholesale under load). reset() empties both: the Python side calls it when the config or the
  * region state is no longer the one the entries were made under, before any query of a batch.
+ *
+ * Pools: an answer drawn at random (shuffle, shed_load between its watermarks) from a
+ * distribution that is itself fixed for the key is armed as pooled (arm(cell, True)). Its
+ * entry keeps up to `pool` replies, each one Python's own independent draw. One query in
+ * `refresh` (chosen at random) goes to Python, whose new draw fills the next slot while the
+ * pool grows, then replaces one chosen at random; every other query gets the reply of a filled
+ * slot chosen at random. Every slot always holds an independent draw of Python's distribution
+ * and the slot is chosen independently of what it holds, so each replayed answer has exactly
+ * the probabilities Python's own draw has; consecutive answers of one key are correlated over
+ * a few queries (about `refresh` while the pool grows, up to pool * refresh once it is full),
+ * as a resolver's cache of one answer is. pool=0 turns pools off (the Python side does under
+ * --seed, so a seeded run gives the same answers in the same order with or without the Replay).
+ *
+ * Bounds: each generation holds at most `cap` entries and max_bytes / 2 octets of keys and
+ * replies (counted as they are made); the first bound reached rotates it.
  * ------------------------------------------------------------------------------------------ */
 #include <stdint.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #define KEY_QMAX 512           /* longest query keyed */
 #define KEY_MAX (KEY_QMAX + 2 * 20)
+#define POOL_MAX 32            /* most draws kept per pooled key */
 #define REPLY_MAX 4096         /* longest reply kept */
 #define ARENA 32768            /* octets of replayed replies per serve() call */
 #define NB_MAX 24
@@ -336,13 +354,37 @@ typedef struct {
     PyObject *cell;    /* array('Q'): one count per latency bucket, then the nanoseconds */
     uint64_t *counts;
     uint16_t alen;     /* ECS address octets at the end of resp, copied from each query */
+    struct rpool *pool; /* a pooled key's draws (resp, cell, counts unused), or NULL */
 } rentry;
+
+/* a pooled key's draws: n filled of the Replay's `pool` slots */
+typedef struct rpool {
+    int n;
+    struct {
+        PyObject *resp, *cell;
+        uint64_t *counts;
+        uint16_t alen;
+    } v[];
+} rpool;
 
 typedef struct {
     rentry *slot;
     uint32_t mask;
     uint32_t used;
+    size_t bytes;      /* octets of keys and replies its entries made (the budget's count) */
 } rtable;
+
+static void
+rpool_free(rpool *p)
+{
+    if (p == NULL)
+        return;
+    for (int j = 0; j < p->n; j++) {
+        Py_XDECREF(p->v[j].resp);
+        Py_XDECREF(p->v[j].cell);
+    }
+    PyMem_Free(p);
+}
 
 typedef struct {
     PyObject_HEAD
@@ -358,8 +400,22 @@ typedef struct {
     Py_ssize_t tlen;
     int armed;
     PyObject *armed_cell;
-    unsigned long long hits, misses, inserts, refused, rotations;
+    unsigned long long hits, misses, inserts, refused, rotations, pool_hits, pool_draws;
+    int pool, refresh;        /* replies kept per pooled key (0: pools off); 1 in refresh to Python */
+    size_t max_bytes;         /* per generation: keys and replies; a full one rotates */
+    uint64_t rs;              /* xorshift64* state: which slot, which query refreshes */
 } Replay;
+
+static inline uint64_t
+replay_rand(Replay *rp)
+{
+    uint64_t x = rp->rs;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rp->rs = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
 
 static uint64_t
 key_hash(const uint8_t *k, Py_ssize_t n)
@@ -405,10 +461,13 @@ rtable_empty(rtable *t)
             Py_CLEAR(e->key);
             Py_CLEAR(e->resp);
             Py_CLEAR(e->cell);
+            rpool_free(e->pool);
+            e->pool = NULL;
             e->hash = 0;
         }
     }
     t->used = 0;
+    t->bytes = 0;
 }
 
 static rentry *
@@ -430,7 +489,7 @@ static rentry *
 rtable_slot(Replay *rp, uint64_t h)
 {
     rtable *t = &rp->gen[0];
-    if (t->used >= rp->cap) {
+    if (t->used >= rp->cap || t->bytes >= rp->max_bytes) {
         rtable old = rp->gen[1];
         rtable_empty(&old);
         rp->gen[1] = rp->gen[0];
@@ -457,6 +516,7 @@ rentry_set(rentry *e, uint64_t h, PyObject *key, PyObject *resp, PyObject *cell,
     e->cell = cell;
     e->counts = counts;
     e->alen = alen;
+    e->pool = NULL;
 }
 
 static inline uint32_t
@@ -644,15 +704,38 @@ cell_counts(const Replay *rp, PyObject *cell)
 
 /* keep resp (the reply Python made for query d with key) when it has the replayed shape: the
  * query's ID, and with ECS the option last with the query's family, source and address */
+static uint64_t *reply_fits(Replay *rp, PyObject *resp, const uint8_t *d, int aoff, int alen, int *ok);
+static void replay_keep_pool(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t *d, int aoff,
+                             int alen, int slot);
+
 static void
 replay_keep(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t *d, int aoff, int alen)
 {
+    int ok;
+    uint64_t *counts = reply_fits(rp, resp, d, aoff, alen, &ok);
+    if (!ok)
+        return;
+    PyObject *cell = counts ? rp->armed_cell : NULL;
+    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(key);
+    if (rtable_find(&rp->gen[0], h, k, PyBytes_GET_SIZE(key)) != NULL)
+        return;  /* the same query twice in one batch */
+    rentry *e = rtable_slot(rp, h);
+    rentry_set(e, h, key, resp, cell, counts, (uint16_t)alen);
+    rp->gen[0].bytes += (size_t)(PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(resp));
+    rp->inserts++;
+}
+
+/* whether resp has the replayed shape for query d (*ok), and its cell's counts (NULL: none) */
+static uint64_t *
+reply_fits(Replay *rp, PyObject *resp, const uint8_t *d, int aoff, int alen, int *ok)
+{
+    *ok = 0;
     PyObject *cell = rp->armed_cell;
     const uint8_t *r = (const uint8_t *)PyBytes_AS_STRING(resp);
     Py_ssize_t L = PyBytes_GET_SIZE(resp);
     if (L < 12 || L > REPLY_MAX || r[0] != d[0] || r[1] != d[1] || (r[2] & 0x02)) {
         rp->refused++;
-        return;
+        return NULL;
     }
     if (alen || aoff) {  /* ECS: ... 0 8 | len | family | source | scope | address, at the end */
         Py_ssize_t o = L - alen - 8;
@@ -661,7 +744,7 @@ replay_keep(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t
             || r[o + 4] != q[4] || r[o + 5] != q[5] || r[o + 6] != q[6]
             || memcmp(r + L - alen, d + aoff, (size_t)alen) != 0) {
             rp->refused++;
-            return;
+            return NULL;
         }
     }
     uint64_t *counts = NULL;
@@ -670,17 +753,11 @@ replay_keep(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t
         if (counts == NULL) {
             PyErr_Clear();
             rp->refused++;
-            return;
+            return NULL;
         }
-    } else {
-        cell = NULL;
     }
-    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(key);
-    if (rtable_find(&rp->gen[0], h, k, PyBytes_GET_SIZE(key)) != NULL)
-        return;  /* the same query twice in one batch */
-    rentry *e = rtable_slot(rp, h);
-    rentry_set(e, h, key, resp, cell, counts, (uint16_t)alen);
-    rp->inserts++;
+    *ok = 1;
+    return counts;
 }
 
 /* the entry for a key: the newer generation, else the older (copied to the newer) */
@@ -697,12 +774,69 @@ replay_find(Replay *rp, uint64_t h, const uint8_t *k, Py_ssize_t n)
     Py_INCREF(copy.key);
     Py_INCREF(copy.resp);
     Py_XINCREF(copy.cell);
+    e->pool = NULL;  /* the draws move with the copy */
     rentry *n2 = rtable_slot(rp, h);
     rentry_set(n2, h, copy.key, copy.resp, copy.cell, copy.counts, copy.alen);
+    n2->pool = copy.pool;
+    size_t b = (size_t)(PyBytes_GET_SIZE(copy.key) + PyBytes_GET_SIZE(copy.resp));
+    if (copy.pool != NULL)
+        for (int j = 0; j < copy.pool->n; j++)
+            b += (size_t)PyBytes_GET_SIZE(copy.pool->v[j].resp);
+    rp->gen[0].bytes += b;
     Py_DECREF(copy.key);
     Py_DECREF(copy.resp);
     Py_XDECREF(copy.cell);
     return n2;
+}
+
+/* keep resp, a pooled draw for key, in `slot` (-1: the next empty slot, else one at random) */
+static void
+replay_keep_pool(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t *d, int aoff, int alen,
+                 int slot)
+{
+    if (rp->pool <= 0)
+        return;
+    int ok;
+    uint64_t *counts = reply_fits(rp, resp, d, aoff, alen, &ok);
+    if (!ok)
+        return;
+    PyObject *cell = counts ? rp->armed_cell : NULL;
+    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(key);
+    rentry *e = replay_find(rp, h, k, PyBytes_GET_SIZE(key));
+    if (e != NULL && e->pool == NULL)
+        return;  /* a fixed entry for the key: what it replays stands until the next reset */
+    if (e == NULL) {
+        rpool *p = PyMem_Malloc(sizeof(rpool) + (size_t)rp->pool * sizeof(p->v[0]));
+        PyObject *empty = p ? PyBytes_FromStringAndSize("", 0) : NULL;
+        if (empty == NULL) {
+            PyMem_Free(p);
+            PyErr_Clear();
+            return;
+        }
+        p->n = 0;
+        e = rtable_slot(rp, h);
+        rentry_set(e, h, key, empty, NULL, NULL, 0);
+        Py_DECREF(empty);
+        e->pool = p;
+        rp->gen[0].bytes += (size_t)PyBytes_GET_SIZE(key) + sizeof(rpool) + (size_t)rp->pool * sizeof(p->v[0]);
+        rp->inserts++;
+    }
+    rpool *p = e->pool;
+    if (slot < 0 || slot > p->n || slot >= rp->pool)
+        slot = p->n < rp->pool ? p->n : (int)(replay_rand(rp) % (uint64_t)rp->pool);
+    if (slot == p->n) {
+        p->n++;
+    } else {  /* a new draw in place of an old one */
+        Py_DECREF(p->v[slot].resp);
+        Py_XDECREF(p->v[slot].cell);
+    }
+    Py_INCREF(resp);
+    p->v[slot].resp = resp;
+    Py_XINCREF(cell);
+    p->v[slot].cell = cell;
+    p->v[slot].counts = counts;
+    p->v[slot].alen = (uint16_t)alen;
+    rp->gen[0].bytes += (size_t)PyBytes_GET_SIZE(resp);
 }
 
 /* the tree's buffer for the duration of one serve() call (released by replay_release) */
@@ -736,15 +870,32 @@ replay_release(Replay *rp, Py_buffer *view, int held)
 static int
 Replay_init(Replay *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"cap", "bounds", NULL};
+    static char *names[] = {"cap", "bounds", "pool", "refresh", "max_bytes", NULL};
     unsigned int cap = 16384;
     PyObject *bounds = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|IO", names, &cap, &bounds))
+    int pool = 8, refresh = 4;
+    unsigned long long max_bytes = 32ULL << 20;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|IOiiK", names, &cap, &bounds, &pool, &refresh, &max_bytes))
         return -1;
+    if (max_bytes < (1ULL << 16)) {
+        PyErr_SetString(PyExc_ValueError, "max_bytes must be at least 65536");
+        return -1;
+    }
+    self->max_bytes = (size_t)(max_bytes / 2);
     if (cap < 16 || cap > (1u << 22)) {
         PyErr_SetString(PyExc_ValueError, "cap must be in 16..4194304");
         return -1;
     }
+    if (pool < 0 || pool > POOL_MAX || refresh < 1) {
+        PyErr_SetString(PyExc_ValueError, "pool must be in 0..32 and refresh >= 1");
+        return -1;
+    }
+    self->pool = pool;
+    self->refresh = refresh;
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed)
+        seed = now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)self;
+    self->rs = seed ? seed : 0x9E3779B97F4A7C15ULL;
     self->nb = 1;
     if (bounds != NULL && bounds != Py_None) {
         PyObject *seq = PySequence_Fast(bounds, "bounds must be a sequence of seconds");
@@ -827,21 +978,28 @@ Replay_reset(Replay *self, PyObject *args, PyObject *kw)
 }
 
 static PyObject *
-Replay_arm(Replay *self, PyObject *cell)
+Replay_arm(Replay *self, PyObject *args)
 {
+    PyObject *cell;
+    int pooled = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &cell, &pooled))
+        return NULL;
     Py_INCREF(cell);
     Py_XSETREF(self->armed_cell, cell);
-    self->armed = 1;
+    self->armed = pooled && self->pool > 0 ? 2 : 1;
     Py_RETURN_NONE;
 }
 
 static PyObject *
 Replay_stats(Replay *self, PyObject *unused)
 {
-    return Py_BuildValue("{sKsKsKsKsKsI}", "hits", self->hits, "misses", self->misses, "inserts",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsIsK}", "hits", self->hits, "misses", self->misses, "inserts",
                          self->inserts, "refused", self->refused, "rotations", self->rotations,
-                         "entries", self->gen[0].used + self->gen[1].used);
+                         "pool_hits", self->pool_hits, "pool_draws", self->pool_draws,
+                         "entries", self->gen[0].used + self->gen[1].used,
+                         "bytes", (unsigned long long)(self->gen[0].bytes + self->gen[1].bytes));
 }
+
 
 /* key(data, addr) -> bytes or None: the key serve() would use (tests) */
 static PyObject *
@@ -873,8 +1031,9 @@ static PyMethodDef Replay_methods[] = {
     {"reset", (PyCFunction)(void (*)(void))Replay_reset, METH_VARARGS | METH_KEYWORDS,
      "reset(tree=None, node_count=0, node_octets=0, ip_version=0, ipv4_start=0): forget every "
      "entry; key source addresses by the search tree in buffer `tree` (None: exact addresses)"},
-    {"arm", (PyCFunction)Replay_arm, METH_O,
-     "arm(cell): the reply the running respond() returns may be replayed; its hits count in cell"},
+    {"arm", (PyCFunction)Replay_arm, METH_VARARGS,
+     "arm(cell, pooled=False): the reply the running respond() returns may be replayed (pooled: "
+     "it is one random draw of a distribution fixed for its key); its hits count in cell"},
     {"stats", (PyCFunction)Replay_stats, METH_NOARGS, "stats() -> dict of counters"},
     {"key", (PyCFunction)Replay_key, METH_VARARGS, "key(data, addr) -> bytes | None (the lookup key)"},
     {NULL, NULL, 0, NULL},
@@ -885,7 +1044,8 @@ static PyTypeObject ReplayType = {
     .tp_name = "filterdns.serve._mmsg.Replay",
     .tp_basicsize = sizeof(Replay),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Replay(cap=16384, bounds=()): fixed answers replayed in serve() (see _mmsg.c)",
+    .tp_doc = "Replay(cap=16384, bounds=(), pool=8, refresh=4, max_bytes=32 MiB): fixed and pooled "
+              "answers replayed in serve() (see _mmsg.c)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Replay_init,
     .tp_dealloc = (destructor)Replay_dealloc,
@@ -958,7 +1118,7 @@ serve(PyObject *self, PyObject *args)
      * static buffers into bytes. */
     PyObject *datas[MAX_BATCH], *addrs[MAX_BATCH], *keys[MAX_BATCH], *replies[MAX_BATCH];
     uint64_t hashes[MAX_BATCH];
-    int aoffs[MAX_BATCH], alens[MAX_BATCH];
+    int aoffs[MAX_BATCH], alens[MAX_BATCH], pslots[MAX_BATCH];
     struct sockaddr_storage peer[MAX_BATCH];
     socklen_t peerlen[MAX_BATCH];
     int who[MAX_BATCH];
@@ -984,21 +1144,45 @@ serve(PyObject *self, PyObject *args)
             if (kl > 0) {
                 uint64_t h = key_hash(key, kl);
                 rentry *e = replay_find(rp, h, key, kl);
-                Py_ssize_t L = e ? PyBytes_GET_SIZE(e->resp) : 0;
-                if (e != NULL && used + (size_t)L <= ARENA) {
+                pslots[i] = -1;
+                PyObject *eresp = NULL;
+                uint64_t *ecounts = NULL;
+                int ealen = 0;
+                if (e != NULL && e->pool != NULL) {  /* a pooled key */
+                    rpool *p = e->pool;
+                    uint64_t r = replay_rand(rp);
+                    if (p->n == 0 || r % (uint64_t)rp->refresh == 0) {
+                        /* a fresh draw from Python: the next slot while the pool grows, then
+                         * one chosen at random */
+                        pslots[i] = p->n < rp->pool ? p->n : (int)((r >> 20) % (uint64_t)rp->pool);
+                        rp->pool_draws++;
+                    } else {
+                        int j = (int)((r >> 20) % (uint64_t)p->n);
+                        eresp = p->v[j].resp;
+                        ecounts = p->v[j].counts;
+                        ealen = p->v[j].alen;
+                        rp->pool_hits++;
+                    }
+                } else if (e != NULL) {
+                    eresp = e->resp;
+                    ecounts = e->counts;
+                    ealen = e->alen;
+                }
+                Py_ssize_t L = eresp ? PyBytes_GET_SIZE(eresp) : 0;
+                if (eresp != NULL && used + (size_t)L <= ARENA) {
                     uint8_t *out = arena + used;
-                    memcpy(out, PyBytes_AS_STRING(e->resp), (size_t)L);
+                    memcpy(out, PyBytes_AS_STRING(eresp), (size_t)L);
                     out[0] = d[0];
                     out[1] = d[1];
-                    if (e->alen)
-                        memcpy(out + L - e->alen, d + aoffs[i], e->alen);
+                    if (ealen)
+                        memcpy(out + L - ealen, d + aoffs[i], (size_t)ealen);
                     used += (size_t)L;
                     set_raw(&msgs[k], &iov[k], out, (size_t)L, &peer[i], peerlen[i]);
                     replies[k] = NULL;
                     who[k++] = i;
                     nhit++;
                     rp->hits++;
-                    count_hit(rp, e->counts, now_ns() - t0);
+                    count_hit(rp, ecounts, now_ns() - t0);
                     continue;
                 }
                 keys[i] = PyBytes_FromStringAndSize((const char *)key, kl);
@@ -1039,8 +1223,11 @@ serve(PyObject *self, PyObject *args)
             failed = 1;
             break;
         }
-        if (rp != NULL && rp->armed && keys[i] != NULL && PyBytes_CheckExact(r))
+        if (rp != NULL && rp->armed == 1 && keys[i] != NULL && PyBytes_CheckExact(r))
             replay_keep(rp, hashes[i], keys[i], r, (const uint8_t *)PyBytes_AS_STRING(datas[i]), aoffs[i], alens[i]);
+        else if (rp != NULL && rp->armed == 2 && keys[i] != NULL && PyBytes_CheckExact(r))
+            replay_keep_pool(rp, hashes[i], keys[i], r, (const uint8_t *)PyBytes_AS_STRING(datas[i]), aoffs[i],
+                             alens[i], pslots[i]);
         replies[k] = r;
         who[k] = i;
         set_msg(&msgs[k], &iov[k], &views[k], &peer[i], peerlen[i]);

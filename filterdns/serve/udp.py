@@ -25,12 +25,18 @@ then the database network of the peer and of the ECS address, read from the same
 ``GeoDB`` walks. A later datagram with the same key is answered in C (the kept reply with the
 new ID and ECS address patched in) without reaching Python; anything else — a shape it does
 not key (compression, several options, a scope, bits past the source prefix, TCP), a miss —
-goes to the responder as before. The Replay only replays bytes the responder made: it decides
-nothing, so the policy keeps one path. It is reset (every entry forgotten) on the first batch
-after a reload or any change of region state, is off while RRL, the query log or dnstap must
-see each query, and is bounded: two generations of ``REPLAY_MAX`` entries, replies <= 4096
-octets. ``FILTERDNS_NO_REPLAY=1`` turns it off. Its hits are counted into ``/metrics`` as the
-Python path counts them (``Metrics.replay_cell``).
+goes to the responder as before. A random answer (shuffle, shed_load between its watermarks)
+whose distribution is fixed for the key (``Resolution.pooled``) is kept as a pool of up to 8
+of Python's own draws: one query in 4, chosen at random, goes to Python and its draw grows the
+pool or replaces a slot chosen at random, the others get a slot chosen at random, so every
+replayed answer has exactly the probabilities of Python's draw (``_mmsg.c`` explains why);
+not under ``--seed``, which promises the same answers in the same order. The Replay only
+replays bytes the responder made: it decides nothing, so the policy keeps one path. It is
+reset (every entry forgotten) on the first batch after a reload or any change of region
+state, is off while RRL, the query log or dnstap must see each query, and is bounded: two
+generations of ``REPLAY_MAX`` keys and ``REPLAY_BYTES`` octets of keys and replies in all,
+replies <= 4096 octets. ``FILTERDNS_NO_REPLAY=1`` turns it off. Its hits are counted into
+``/metrics`` as the Python path counts them (``Metrics.replay_cell``).
 
 Wake-ups. Every worker of ``serve --workers N`` serves the same inherited socket, and an
 event loop watching a socket is woken by every datagram: at moderate rates each query woke
@@ -93,8 +99,10 @@ BUSY_TICKS = 5
 #: a reading standby worker stops after this many looks in a row without a deep queue (0.5 s)
 QUIET_TICKS = 125
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
-#: replayed answers kept per generation (two generations: at most twice this)
-REPLAY_MAX = 16384
+#: replayed keys kept per generation (two generations: at most twice this), and the octets of
+#: keys and replies the two hold at most (each generation half of it)
+REPLAY_MAX = 32768
+REPLAY_BYTES = 16 << 20
 
 
 def new_replay(bounds=None):
@@ -103,7 +111,7 @@ def new_replay(bounds=None):
     set, or the native module missing."""
     if _mmsg is None or os.environ.get("FILTERDNS_NO_REPLAY"):
         return None
-    return _mmsg.Replay(REPLAY_MAX, bounds or ())
+    return _mmsg.Replay(REPLAY_MAX, bounds or (), max_bytes=REPLAY_BYTES)
 
 
 def native() -> bool:
