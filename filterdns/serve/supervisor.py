@@ -8,7 +8,7 @@ worker that is waiting, so load spreads even when a few busy resolvers send most
 (SO_REUSEPORT would hash each resolver to one worker). On UDP worker 0 leads and the others
 read only while it does not keep up alone (``serve/udp.py``, standby): at moderate rates one
 warm worker costs less CPU per query than several woken in turn, and a stalled lead is
-covered within 20 ms.
+covered within about 35 ms.
 
 * **One config, built once.** The supervisor reads and builds every generation itself and sends
   workers the packed State and its digest (``config.state.pack``); no worker reads the files.
