@@ -331,7 +331,7 @@ def test_the_replay_is_bounded_by_entries_and_by_octets():
         rp = udp._mmsg.Replay(cap, (), max_bytes=max_bytes)
         cell = array("Q", bytes(8 * 2))
 
-        def respond(data, addr):
+        def respond(data, addr, rp=rp, cell=cell, pooled=pooled):
             rp.arm(cell, pooled)
             return data[:2] + b"\x81\x80" + data[4:] + b"\0" * 900  # a reply of ~930 octets
 

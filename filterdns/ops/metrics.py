@@ -332,7 +332,7 @@ class Metrics:
         """Count what the Replay answered since the last harvest (``replay_cell``), and read the
         UDP sockets' own counters."""
         if self._udp_sources:
-            tot = [sum(x) for x in zip(*(f() for f in self._udp_sources))]
+            tot = [sum(x) for x in zip(*(f() for f in self._udp_sources), strict=True)]
             sc = self._scalars
             (sc["udp_wakeups"], sc["udp_empty_wakeups"], sc["udp_dropped"], sc["udp_arms"],
              sc["udp_reading"]) = tot
