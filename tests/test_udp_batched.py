@@ -406,6 +406,16 @@ def test_the_socket_is_exclusive_in_the_loops_epoll_and_standby_reads_only_when_
         def replay_for(self, factory):
             return None
 
+    async def reply(c, want: bytes, why: str) -> None:  # within a second
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            try:
+                assert c.recv(100) == want
+                return
+            except BlockingIOError:
+                continue
+        raise AssertionError(why)
+
     async def main():
         srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         srv.bind(("127.0.0.1", 0))
@@ -420,15 +430,7 @@ def test_the_socket_is_exclusive_in_the_loops_epoll_and_standby_reads_only_when_
         c.bind(("127.0.0.1", 0))
         c.setblocking(False)
         c.sendto(b"q", srv.getsockname())
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            try:
-                assert c.recv(100) == b"re:q"
-                break
-            except BlockingIOError:
-                continue
-        else:
-            raise AssertionError("no reply from the lead socket")
+        await reply(c, b"re:q", "no reply from the lead socket")
         lead._queue([(b"late", c.getsockname())], 0)  # a reply waiting: the writer on the duplicate
         await asyncio.sleep(0.05)
         assert c.recv(100) == b"late"
@@ -441,15 +443,7 @@ def test_the_socket_is_exclusive_in_the_loops_epoll_and_standby_reads_only_when_
         await asyncio.sleep(0.1)
         assert not sb.armed and _watch(sb.fd) == []
         c.sendto(b"w", srv.getsockname())  # nobody else reads: the queue stays non-empty
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            try:
-                assert c.recv(100) == b"re:w"
-                break
-            except BlockingIOError:
-                continue
-        else:
-            raise AssertionError("the standby socket never read")
+        await reply(c, b"re:w", "the standby socket never read")
         assert sb.armed and sb.arms == 1
         await asyncio.sleep(udp.TICK * (udp.QUIET_TICKS + 20))
         assert not sb.armed and _watch(sb.fd) == []

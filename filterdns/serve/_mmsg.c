@@ -704,20 +704,19 @@ cell_counts(const Replay *rp, PyObject *cell)
 
 /* keep resp (the reply Python made for query d with key) when it has the replayed shape: the
  * query's ID, and with ECS the option last with the query's family, source and address */
-static uint64_t *reply_fits(Replay *rp, PyObject *resp, const uint8_t *d, int aoff, int alen, int *ok);
+static int reply_fits(Replay *rp, PyObject *resp, const uint8_t *d, int aoff, int alen, uint64_t **counts,
+                      PyObject **cell);
 static void replay_keep_pool(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t *d, int aoff,
                              int alen, int slot);
 
 static void
 replay_keep(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t *d, int aoff, int alen)
 {
-    int ok;
-    uint64_t *counts = reply_fits(rp, resp, d, aoff, alen, &ok);
-    if (!ok)
+    uint64_t *counts;
+    PyObject *cell;
+    if (!reply_fits(rp, resp, d, aoff, alen, &counts, &cell))
         return;
-    PyObject *cell = counts ? rp->armed_cell : NULL;
-    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(key);
-    if (rtable_find(&rp->gen[0], h, k, PyBytes_GET_SIZE(key)) != NULL)
+    if (rtable_find(&rp->gen[0], h, (const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) != NULL)
         return;  /* the same query twice in one batch */
     rentry *e = rtable_slot(rp, h);
     rentry_set(e, h, key, resp, cell, counts, (uint16_t)alen);
@@ -725,17 +724,18 @@ replay_keep(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t
     rp->inserts++;
 }
 
-/* whether resp has the replayed shape for query d (*ok), and its cell's counts (NULL: none) */
-static uint64_t *
-reply_fits(Replay *rp, PyObject *resp, const uint8_t *d, int aoff, int alen, int *ok)
+/* whether resp has the replayed shape for query d; its armed cell and the cell's counts (both
+ * NULL: none) */
+static int
+reply_fits(Replay *rp, PyObject *resp, const uint8_t *d, int aoff, int alen, uint64_t **counts_out,
+           PyObject **cell_out)
 {
-    *ok = 0;
     PyObject *cell = rp->armed_cell;
     const uint8_t *r = (const uint8_t *)PyBytes_AS_STRING(resp);
     Py_ssize_t L = PyBytes_GET_SIZE(resp);
     if (L < 12 || L > REPLY_MAX || r[0] != d[0] || r[1] != d[1] || (r[2] & 0x02)) {
         rp->refused++;
-        return NULL;
+        return 0;
     }
     if (alen || aoff) {  /* ECS: ... 0 8 | len | family | source | scope | address, at the end */
         Py_ssize_t o = L - alen - 8;
@@ -744,7 +744,7 @@ reply_fits(Replay *rp, PyObject *resp, const uint8_t *d, int aoff, int alen, int
             || r[o + 4] != q[4] || r[o + 5] != q[5] || r[o + 6] != q[6]
             || memcmp(r + L - alen, d + aoff, (size_t)alen) != 0) {
             rp->refused++;
-            return NULL;
+            return 0;
         }
     }
     uint64_t *counts = NULL;
@@ -753,11 +753,12 @@ reply_fits(Replay *rp, PyObject *resp, const uint8_t *d, int aoff, int alen, int
         if (counts == NULL) {
             PyErr_Clear();
             rp->refused++;
-            return NULL;
+            return 0;
         }
     }
-    *ok = 1;
-    return counts;
+    *counts_out = counts;
+    *cell_out = counts ? cell : NULL;
+    return 1;
 }
 
 /* the entry for a key: the newer generation, else the older (copied to the newer) */
@@ -794,15 +795,11 @@ static void
 replay_keep_pool(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t *d, int aoff, int alen,
                  int slot)
 {
-    if (rp->pool <= 0)
+    uint64_t *counts;
+    PyObject *cell;
+    if (rp->pool <= 0 || !reply_fits(rp, resp, d, aoff, alen, &counts, &cell))
         return;
-    int ok;
-    uint64_t *counts = reply_fits(rp, resp, d, aoff, alen, &ok);
-    if (!ok)
-        return;
-    PyObject *cell = counts ? rp->armed_cell : NULL;
-    const uint8_t *k = (const uint8_t *)PyBytes_AS_STRING(key);
-    rentry *e = replay_find(rp, h, k, PyBytes_GET_SIZE(key));
+    rentry *e = replay_find(rp, h, (const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
     if (e != NULL && e->pool == NULL)
         return;  /* a fixed entry for the key: what it replays stands until the next reset */
     if (e == NULL) {
