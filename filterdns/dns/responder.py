@@ -167,8 +167,7 @@ class Responder:
         elif self._fixed and self._armed is not None and not tc and not q.do and transport == "udp":
             # the reply may be replayed for the same key (serve/_mmsg.c): its later hits count
             # in this cell exactly as this query counted above
-            self._armed.arm(m.replay_cell(transport, q.qtype, rcode, q.ecs is not None, q, src,
-                                          len(data), len(msg)), self._fixed == 2)
+            self._armed.arm(m.replay_cell(), self._fixed == 2)
         return msg
 
     def replay_for(self, factory):

@@ -205,6 +205,7 @@ class Metrics:
         self._countries: dict[tuple[str, str], int] = {}  # (client country, region)
         self._pending: tuple | None = None  # (record, regions, removed) of the answer being counted
         self._last_answered: tuple | None = None  # the ``_answered`` key the last ``query`` counted
+        self._last_key: tuple = ()  # ... and its ``_recent`` key (``replay_cell`` reads both)
         #: (labels of ``query`` but the time, ``_answered`` key) -> the Replay's cell for them
         self._replay: dict[tuple, Any] = {}
         self._replay_stats: Callable[[], dict] | None = None  # the Replay's stats()
@@ -287,6 +288,7 @@ class Metrics:
             key = (transport, qtype, rcode, ecs, bisect_left(BUCKETS, seconds),
                    self._zcache.get(qn) or self._zone(qn), ":" in src[0] if src else False,
                    size_in, size_out)
+        self._last_key = key
         cell = self._recent.get(key)
         if cell is None:
             cell = self._new_cell(key, self._recent)
@@ -302,16 +304,16 @@ class Metrics:
         """The upper bounds (seconds) of the processing-time histogram's buckets."""
         return BUCKETS
 
-    def replay_cell(self, transport: str, qtype: int, rcode: int, ecs: bool, query: Any, src: Any,
-                    size_in: int, size_out: int) -> Any:
+    def replay_cell(self) -> Any:
         """Where the UDP transport's Replay (``serve/_mmsg.c``) counts the later hits of the
-        query ``query`` has just counted: an ``array('Q')`` of one count per latency bucket
-        then the nanoseconds spent, shared by every reply with the same labels. ``_harvest``
-        adds the cells to what ``query`` and ``answer`` count, as if each hit had called them.
-        None (the reply is not replayed) once ``REPLAY_CELLS`` label sets are held."""
-        qn = query.qname_lower
-        key = ((transport, qtype, rcode, ecs, self._zcache.get(qn) or self._zone(qn),
-                ":" in src[0] if src else False, size_in, size_out), self._last_answered)
+        query ``query`` has just counted (with its parsed query): an ``array('Q')`` of one
+        count per latency bucket then the nanoseconds spent, shared by every reply with the
+        same labels (the query's ``_recent`` key but the time bucket, and its ``_answered``
+        key). ``_harvest`` adds the cells to what ``query`` and ``answer`` count, as if each
+        hit had called them. None (the reply is not replayed) once ``REPLAY_CELLS`` label sets
+        are held."""
+        k = self._last_key
+        key = (k[:4] + k[5:], self._last_answered)
         cell = self._replay.get(key)
         if cell is None:
             if len(self._replay) >= REPLAY_CELLS:

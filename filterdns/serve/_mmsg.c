@@ -504,6 +504,19 @@ rtable_slot(Replay *rp, uint64_t h)
     return &t->slot[i];
 }
 
+/* the octets an entry counts against its generation's budget: key, reply, a pool and its draws */
+static size_t
+rentry_bytes(const Replay *rp, const rentry *e)
+{
+    size_t b = (size_t)(PyBytes_GET_SIZE(e->key) + PyBytes_GET_SIZE(e->resp));
+    if (e->pool != NULL) {
+        b += sizeof(rpool) + (size_t)rp->pool * sizeof(e->pool->v[0]);
+        for (int j = 0; j < e->pool->n; j++)
+            b += (size_t)PyBytes_GET_SIZE(e->pool->v[j].resp);
+    }
+    return b;
+}
+
 static void
 rentry_set(rentry *e, uint64_t h, PyObject *key, PyObject *resp, PyObject *cell, uint64_t *counts, uint16_t alen)
 {
@@ -720,7 +733,7 @@ replay_keep(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const uint8_t
         return;  /* the same query twice in one batch */
     rentry *e = rtable_slot(rp, h);
     rentry_set(e, h, key, resp, cell, counts, (uint16_t)alen);
-    rp->gen[0].bytes += (size_t)(PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(resp));
+    rp->gen[0].bytes += rentry_bytes(rp, e);
     rp->inserts++;
 }
 
@@ -779,11 +792,7 @@ replay_find(Replay *rp, uint64_t h, const uint8_t *k, Py_ssize_t n)
     rentry *n2 = rtable_slot(rp, h);
     rentry_set(n2, h, copy.key, copy.resp, copy.cell, copy.counts, copy.alen);
     n2->pool = copy.pool;
-    size_t b = (size_t)(PyBytes_GET_SIZE(copy.key) + PyBytes_GET_SIZE(copy.resp));
-    if (copy.pool != NULL)
-        for (int j = 0; j < copy.pool->n; j++)
-            b += (size_t)PyBytes_GET_SIZE(copy.pool->v[j].resp);
-    rp->gen[0].bytes += b;
+    rp->gen[0].bytes += rentry_bytes(rp, n2);
     Py_DECREF(copy.key);
     Py_DECREF(copy.resp);
     Py_XDECREF(copy.cell);
@@ -815,7 +824,7 @@ replay_keep_pool(Replay *rp, uint64_t h, PyObject *key, PyObject *resp, const ui
         rentry_set(e, h, key, empty, NULL, NULL, 0);
         Py_DECREF(empty);
         e->pool = p;
-        rp->gen[0].bytes += (size_t)PyBytes_GET_SIZE(key) + sizeof(rpool) + (size_t)rp->pool * sizeof(p->v[0]);
+        rp->gen[0].bytes += rentry_bytes(rp, e);  /* no draw yet: added below */
         rp->inserts++;
     }
     rpool *p = e->pool;

@@ -165,11 +165,16 @@ def _epolls_watching(fd: int) -> list[int]:
     return found
 
 
+def _epoll(epfd: int):
+    """An epoll object on a duplicate of ``epfd``: closing it leaves the loop's own open."""
+    return select.epoll.fromfd(os.dup(epfd))
+
+
 def forget(fd: int) -> None:
     """Take ``fd`` out of every epoll of this process that still watches it."""
     for epfd in _epolls_watching(fd):
         try:
-            ep = select.epoll.fromfd(os.dup(epfd))
+            ep = _epoll(epfd)
         except OSError:
             continue
         try:
@@ -189,7 +194,7 @@ def make_exclusive(fd: int) -> str | None:
     eps = _epolls_watching(fd)
     if len(eps) != 1:
         return f"{len(eps)} epoll instances watch the socket, not one"
-    ep = select.epoll.fromfd(os.dup(eps[0]))  # a duplicate: closing it leaves the loop's open
+    ep = _epoll(eps[0])
     try:
         ep.unregister(fd)
         try:  # level-triggered: a datagram that arrived meanwhile makes it ready at once
@@ -228,10 +233,11 @@ class BatchedUdp:
         sock.setblocking(False)
         # the writer waits on a duplicate: the loop must never modify the exclusive reader entry
         self.wfd = os.dup(self.fd)
+        if metrics is not None:
+            metrics.udp_source(self.counts)
         if self.shared:
             log.info("udp %s: wake-ups shared by every worker (FILTERDNS_UDP_SHARED_WAKEUPS)", self._where())
             standby = False
-        self.standby = standby
         if standby:  # read only while the queue shows the lead worker cannot keep up alone
             self._timer = self.loop.call_later(IDLE_TICK, self._tick)
         else:
@@ -389,10 +395,7 @@ async def open_udp(sock, responder, metrics=None, standby: bool = False):
     where = sock.getsockname()[:2]
     if mode() == "batched":
         log.info("udp %s:%d: batched (recvmmsg/sendmmsg, up to %d queries per call)", *where, BATCH)
-        u = BatchedUdp(sock, responder, metrics, loop, standby=standby)
-        if metrics is not None:
-            metrics.udp_source(u.counts)
-        return u
+        return BatchedUdp(sock, responder, metrics, loop, standby=standby)
     why = "FILTERDNS_UDP_PLAIN is set" if _mmsg is not None else "the native _mmsg module is not built"
     log.info("udp %s:%d: plain (one sendto per query; %s)", *where, why)
     tr, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(responder), sock=sock)
